@@ -705,8 +705,37 @@ class RunStore:
             provenance=provenance,
             parent_id=parent_id,
         )
-        try:
+        with self._finishing(run):
             yield run
+
+    @contextmanager
+    def resume(self, run_id: str) -> Iterator[RunInfo]:
+        """Re-open an ``interrupted`` or ``failed`` run for the ``with`` block (like :meth:`track`).
+
+        The run becomes ``running`` again under this process; how the block ends is
+        recorded as in :meth:`track`. Resuming a ``completed`` run, or one still running
+        in a live process, raises StoreError.
+        """
+        self.mark_stale_running()
+        run = self.get_run(run_id)
+        if run.status not in ("interrupted", "failed"):
+            raise StoreError(
+                f"run {run.id} is {run.status}; only an interrupted or failed run can be resumed"
+            )
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
+                "writer_pid = ?, writer_host = ? WHERE id = ?",
+                (os.getpid(), socket.gethostname(), run.id),
+            )
+        logger.info("resumed run %s", run.id)
+        with self._finishing(run):
+            yield self.get_run(run.id)
+
+    @contextmanager
+    def _finishing(self, run: RunInfo) -> Iterator[None]:
+        try:
+            yield
         except Exception as exc:
             self._finish_quietly(run.id, "failed", _describe(exc))
             raise

@@ -159,8 +159,12 @@ class Task:
         return out
 
     def reference(self, sample: Sample) -> str:
-        """The reference completion whose NLL measures uncertainty (``nll`` mode too)."""
-        if self.mode == "generate":
+        """The reference completion whose NLL measures uncertainty (``nll`` mode too).
+
+        ``Answer: <target>`` when the prompt asked for that form; otherwise the target itself
+        (format, refusal and imported items whose target is the whole reply).
+        """
+        if self.mode == "generate" and ANSWER_INSTRUCTION in sample.input_text():
             return f"Answer: {sample.target}"
         return sample.target
 
@@ -172,4 +176,6 @@ class Task:
 
 def dump_jsonl(samples: Sequence[Sample]) -> str:
     """Serialise samples as JSONL (one object per line)."""
-    return "".join(json.dumps(s.model_dump(mode="json"), ensure_ascii=False) + "\n" for s in samples)
+    return "".join(
+        json.dumps(s.model_dump(mode="json"), ensure_ascii=False) + "\n" for s in samples
+    )

@@ -1,0 +1,335 @@
+"""The ``selfimprove`` command: a thin layer over the library.
+
+Each command parses options, calls one library function, and renders the result with rich
+(progress bars, tables). User errors (:class:`SelfImproveError`) are shown as a message
+without a traceback and exit non-zero; Ctrl-C exits 130 after the library has marked the
+run interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from selfimprove.errors import SelfImproveError
+
+app = typer.Typer(
+    name="selfimprove",
+    help="Measured, closed-loop self-improvement of language models.\n\n"
+    "Evaluate a model on verifiable suites, find its weak areas, and keep every run's "
+    "records and provenance in a local store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="Inspect stored runs.", no_args_is_help=True)
+suites_app = typer.Typer(help="List, show and export task suites.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(suites_app, name="suites")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: ./selfimprove.yaml if present)."),
+]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Run store folder (default: ./selfimprove_runs).")
+]
+
+
+def _verbosity(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # transformers' own progress bars clutter our output
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("SELFIMPROVE_ONLINE") else None
+
+
+class RichHook:
+    """Renders library progress with a rich progress bar."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def phase(self, text: str) -> None:
+        console.print(f"[bold cyan]▶[/] {text}")
+
+    def start(self, total: int, description: str) -> None:
+        self.close()
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _fmt_rate(x: float | None, ci: Any = None) -> str:
+    if x is None:
+        return "–"
+    s = f"{100 * x:5.1f}"
+    if ci:
+        s += f" [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
+    return s
+
+
+def metrics_table(metrics: list[Any], title: str) -> Table:
+    t = Table(title=title, show_lines=False)
+    for col, just in [
+        ("suite", "left"),
+        ("category", "left"),
+        ("n", "right"),
+        ("strict acc % [95% CI]", "right"),
+        ("extracted acc % [95% CI]", "right"),
+        ("format %", "right"),
+        ("ref NLL", "right"),
+    ]:
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for m in metrics:
+        t.add_row(
+            m.suite,
+            m.category,
+            str(m.n),
+            _fmt_rate(m.strict_accuracy, m.strict_ci),
+            _fmt_rate(m.accuracy, m.accuracy_ci),
+            _fmt_rate(m.format_rate),
+            "–" if m.ref_nll is None else f"{m.ref_nll:.2f}",
+        )
+    return t
+
+
+@app.command("eval")
+def eval_cmd(
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder to apply on top of the model.")] = None,
+    suites: Annotated[str | None, typer.Option("--suites", "-s", help="Comma-separated suite names or task files (see `selfimprove suites list`).")] = None,
+    n: Annotated[int | None, typer.Option("--n", "-n", help="Items per suite, split evenly over its categories.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for drawing the items.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per batch.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation length cap.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all CPUs available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 (auto: bf16 only on CPUs with native bf16).")] = None,
+    store: StoreOpt = None,
+    resume: Annotated[str | None, typer.Option(help="Continue an interrupted eval run (id or prefix); its stored config is used.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Evaluate a model on task suites: per-category accuracy with 95% CIs, saved as a run."""
+    _verbosity(verbose)
+    from selfimprove.config import load_config
+    from selfimprove.evaluate import run_evaluation
+
+    overrides = {
+        "model": {"name": model, "adapter": adapter},
+        "eval": {"suites": [s.strip() for s in suites.split(",") if s.strip()] if suites else None, "n": n, "seed": seed},
+        "generation": {"batch_size": batch_size, "max_new_tokens": max_new_tokens},
+        "runtime": {"threads": threads, "dtype": dtype},
+        "store": {"root": store},
+    }
+    cfg = load_config(config, overrides)
+    hook = RichHook()
+    try:
+        result = run_evaluation(cfg, resume=resume, hook=hook)
+    finally:
+        hook.close()
+    if as_json:
+        console.print_json(json.dumps([m.model_dump(mode="json") for m in result.metrics]))
+    else:
+        console.print(metrics_table(result.metrics, f"{result.model} — {result.n_records} items"))
+    console.print(
+        f"Run [bold]{result.run_id}[/] saved to {result.run_dir}  "
+        f"({result.seconds:.0f}s, {result.runtime['dtype']}, {result.runtime['threads']} threads)"
+    )
+
+
+@app.command()
+def doctor(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to test-load.")] = "embedded",
+    smoke: Annotated[bool, typer.Option(help="Run a 3-item smoke evaluation.")] = True,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+) -> None:
+    """Check the setup (Python, torch, threads, bf16, model load, smoke eval) and say what to fix."""
+    _verbosity(False)
+    from selfimprove.doctor import run_doctor
+
+    checks = run_doctor(model, smoke=smoke, threads=threads)
+    icons = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+    for c in checks:
+        console.print(f"{icons[c.status]} [bold]{c.name}[/]: {c.detail}")
+        if c.fix:
+            console.print(f"    fix: {c.fix}")
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+    console.print("[green]All checks passed.[/]")
+
+
+@app.command("config")
+def config_cmd(
+    config: ConfigOpt = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help="Print the built-in defaults, ignoring any file.")] = False,
+) -> None:
+    """Print the resolved configuration as YAML (write it to selfimprove.yaml to edit)."""
+    from selfimprove.config import Config, dump_config, load_config
+
+    cfg = Config() if defaults else load_config(config)
+    sys.stdout.write(dump_config(cfg))
+
+
+@runs_app.command("list")
+def runs_list(
+    store: StoreOpt = None,
+    limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    kind: Annotated[str | None, typer.Option(help="Only runs of this kind (eval, run, diff...).")] = None,
+) -> None:
+    """List runs, newest first."""
+    from selfimprove.store import RunStore
+
+    st = RunStore(store or "selfimprove_runs")
+    st.mark_stale_running()
+    rows = st.list_runs(limit=limit, kind=kind)
+    if not rows:
+        console.print(f"No runs in {st.root}. Start one with `selfimprove eval`.")
+        return
+    t = Table(title=f"Runs in {st.root}")
+    for c in ("id", "kind", "status", "created (UTC)", "model", "summary"):
+        t.add_column(c)
+    colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    for r in rows:
+        summ = ", ".join(f"{k}={v}" for k, v in (r.summary or {}).items() if not isinstance(v, dict | list))
+        t.add_row(r.id, r.kind, f"[{colors.get(r.status, 'white')}]{r.status}[/]", r.created_at[:19], r.model, summ[:60])
+    console.print(t)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
+    store: StoreOpt = None,
+) -> None:
+    """Show one run: status, config, provenance summary and its metrics table."""
+    from selfimprove.evaluate import CategoryMetrics
+    from selfimprove.store import RunStore
+
+    st = RunStore(store or "selfimprove_runs")
+    r = st.get_run(run_id)
+    console.print(f"[bold]{r.id}[/]  kind={r.kind}  status={r.status}  model={r.model}  seed={r.seed}")
+    console.print(f"created {r.created_at}  finished {r.finished_at or '–'}  folder {r.path}")
+    if r.error:
+        console.print(f"[red]error:[/] {r.error}")
+    prov = r.provenance or {}
+    pk = prov.get("packages", {})
+    console.print(f"git {str(prov.get('git', {}).get('revision') if isinstance(prov.get('git'), dict) else prov.get('git'))[:12]}  packages {pk}")
+    if r.summary:
+        console.print(f"summary: {r.summary}")
+    mpath = Path(r.path) / "metrics.json"
+    if mpath.is_file():
+        metrics = [CategoryMetrics.model_validate(m) for m in json.loads(mpath.read_text())]
+        console.print(metrics_table(metrics, "metrics"))
+    files = sorted(p.name for p in Path(r.path).iterdir())
+    console.print(f"files: {', '.join(files)}")
+
+
+@suites_app.command("list")
+def suites_list() -> None:
+    """List built-in suites and their categories."""
+    from selfimprove.tasks.suites import list_suites
+
+    t = Table(title="Built-in suites")
+    for c in ("suite", "kind", "categories", "description"):
+        t.add_column(c)
+    for s in list_suites():
+        cats = ", ".join(task.category for task in s.tasks)
+        t.add_row(s.name, "sentinel" if s.sentinel else "skill", cats, s.description)
+    console.print(t)
+
+
+@suites_app.command("show")
+def suites_show(
+    name: Annotated[str, typer.Argument(help="Suite name or task file.")],
+    n: Annotated[int, typer.Option("--n", "-n", help="Items per category to show.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Print example items of a suite (prompt and gold answer)."""
+    from selfimprove.evaluate import resolve_suites
+
+    (suite,) = resolve_suites([name])
+    for task in suite.tasks:
+        for s in task.samples(n if task.dataset is None else min(n, len(task.dataset)), seed):
+            console.rule(f"{suite.name} / {task.category} / {s.id}")
+            console.print(s.input_text(), markup=False)
+            console.print(f"[bold]target:[/] {s.target}")
+
+
+@suites_app.command("export")
+def suites_export(
+    name: Annotated[str, typer.Argument(help="Suite name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
+    n: Annotated[int, typer.Option("--n", "-n", help="Items per suite.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Write a suite's items as inspect-compatible JSONL (one Sample per line)."""
+    from selfimprove.evaluate import plan_items, resolve_suites
+    from selfimprove.store import atomic_write_text
+    from selfimprove.tasks.base import dump_jsonl
+
+    suites = resolve_suites([name])
+    samples = [s for _su, _t, xs in plan_items(suites, n, seed) for s in xs]
+    atomic_write_text(out, dump_jsonl(samples))
+    console.print(f"Wrote {len(samples)} items to {out}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into messages and exit codes."""
+    try:
+        app(standalone_mode=False)
+    except SelfImproveError as e:
+        err_console.print(f"[bold red]Error:[/] {e}", markup=True, highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]Interrupted.[/] Finished work is saved; resume with --resume RUN_ID (see `selfimprove runs list`).")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort,):
+        sys.exit(1)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

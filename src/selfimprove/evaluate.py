@@ -1,0 +1,436 @@
+"""Evaluation: suites -> per-example records -> per-category metrics with 95% CIs.
+
+Modes (per task):
+  * ``generate``: chat-formatted prompt, greedy generation (stopping after a complete
+    ``Answer:`` line), validator -> ``correct`` (answer extracted anywhere sensible) and
+    ``format_ok`` (strict last-line format); plus the reference answer's NLL and the
+    generation's mean token entropy / margin (uncertainty).
+  * ``choices``: sum log-likelihood and length-normalised (per token) log-likelihood of
+    each choice; ``correct`` uses the sum, ``correct_norm`` the normalised score.
+  * ``nll``: per-token NLL of the reference text only (a forgetting metric).
+
+Records stream out through ``on_records`` task by task, so an interrupted evaluation keeps
+what finished and ``skip`` lets a resumed one continue. The model's own perplexity on its
+generation is *not* used as an error signal (it measures fluency, not correctness).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from selfimprove.engine import Engine
+from selfimprove.tasks.base import Sample, Task
+
+log = logging.getLogger(__name__)
+
+#: Stop once the reply contains a complete "Answer: ..." line (keeps that line).
+ANSWER_LINE_STOP = re.compile(r"(?im)^[ \t*]*answer[ \t*]*:[^\n]*\S[^\n]*\n")
+
+
+class EvalRecord(BaseModel):
+    """One scored example (long format: one row per suite x category x example)."""
+
+    suite: str
+    task: str
+    category: str
+    sample_id: str
+    input_hash: str
+    mode: str
+    target: str
+    output: str | None = None
+    extracted: str | None = None
+    correct: bool | None = None
+    correct_norm: bool | None = None
+    format_ok: bool | None = None
+    ref_nll: float | None = None  # mean per-token NLL (nats) of the reference answer
+    ref_tokens: int | None = None
+    entropy: float | None = None  # mean next-token entropy over the generation (nats)
+    margin: float | None = None
+    n_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class CategoryMetrics(BaseModel):
+    """Aggregates for one (suite, category) with 95% confidence intervals."""
+
+    suite: str
+    category: str
+    mode: str
+    n: int
+    accuracy: float | None = None
+    accuracy_ci: tuple[float, float] | None = None
+    format_rate: float | None = None
+    format_ci: tuple[float, float] | None = None
+    strict_accuracy: float | None = None  # correct AND format_ok
+    strict_ci: tuple[float, float] | None = None
+    ref_nll: float | None = None
+    ref_nll_ci: tuple[float, float] | None = None
+    entropy: float | None = None
+
+
+def wilson_ci(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (good at 0% and 100%)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_ci(xs: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Mean and t-based 95% CI."""
+    from scipy import stats
+
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, (float("nan"), float("nan"))
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    h = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return m, (m - h, m + h)
+
+
+Item = tuple[str, Task, Sample]  # (suite name, task, sample)
+
+
+def evaluate_task(
+    engine: Engine,
+    suite_name: str,
+    task: Task,
+    samples: Sequence[Sample],
+    **kwargs: Any,
+) -> list[EvalRecord]:
+    """Score ``samples`` of one task; returns records in sample order."""
+    return evaluate_items(engine, [(suite_name, task, s) for s in samples], **kwargs)
+
+
+def evaluate_items(
+    engine: Engine,
+    items: Sequence[Item],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_after_answer_line: bool = True,
+    reference_nll: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[EvalRecord]:
+    """Score a mixed list of items (any suites/tasks/modes); records come back in order.
+
+    Items of the same mode share engine batches across tasks, so small categories still
+    fill a batch. ``progress`` is called with item counts as they finish.
+    """
+    recs = [
+        EvalRecord(
+            suite=suite,
+            task=task.name,
+            category=s.category,
+            sample_id=s.id,
+            input_hash=s.input_hash(),
+            mode=task.mode,
+            target=s.target,
+        )
+        for suite, task, s in items
+    ]
+    by_mode: dict[str, list[int]] = defaultdict(list)
+    for i, (_suite, task, _s) in enumerate(items):
+        by_mode[task.mode].append(i)
+
+    gen_idx = by_mode.get("generate", [])
+    if gen_idx:
+        gens = engine.generate(
+            [items[i][2].messages() for i in gen_idx],
+            max_new_tokens=max_new_tokens,
+            stop=[ANSWER_LINE_STOP] if stop_after_answer_line else [],
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            progress=None if reference_nll else progress,
+        )
+        for i, g in zip(gen_idx, gens, strict=True):
+            _suite, task, s = items[i]
+            sc = task.score(g.text, s)
+            r = recs[i]
+            r.output, r.extracted, r.correct, r.format_ok = g.text, sc.extracted, sc.correct, sc.format_ok
+            r.entropy, r.margin = g.mean_entropy, g.mean_margin
+            r.n_tokens, r.finish_reason = g.n_tokens, g.finish_reason
+        if reference_nll:
+            nlls = engine.continuation_nll(
+                [items[i][2].messages() for i in gen_idx],
+                [items[i][1].reference(items[i][2]) for i in gen_idx],
+                batch_size=batch_size,
+                progress=progress,
+            )
+            for i, sc_ in zip(gen_idx, nlls, strict=True):
+                recs[i].ref_nll, recs[i].ref_tokens = sc_.mean, len(sc_.nll)
+
+    ch_idx = by_mode.get("choices", [])
+    if ch_idx:
+        flat_p: list[Any] = []
+        flat_c: list[str] = []
+        for i in ch_idx:
+            s = items[i][2]
+            if not s.choices:
+                raise ValueError(f"sample {s.id} in choices mode has no choices")
+            flat_p.extend([s.messages()] * len(s.choices))
+            flat_c.extend(s.choices)
+        scores = engine.continuation_nll(flat_p, flat_c, batch_size=batch_size)
+        k = 0
+        for i in ch_idx:
+            s = items[i][2]
+            assert s.choices is not None
+            chunk = scores[k : k + len(s.choices)]
+            k += len(s.choices)
+            sums = [c.logprob for c in chunk]
+            norms = [c.logprob / max(1, len(c.nll)) for c in chunk]
+            best = s.choices[max(range(len(sums)), key=sums.__getitem__)]
+            best_n = s.choices[max(range(len(norms)), key=norms.__getitem__)]
+            r = recs[i]
+            r.output = r.extracted = best
+            r.correct, r.correct_norm, r.format_ok = best == s.target, best_n == s.target, True
+            if s.target in s.choices:
+                t = chunk[s.choices.index(s.target)]
+                r.ref_nll, r.ref_tokens = t.mean, len(t.nll)
+        if progress:
+            progress(len(ch_idx))
+
+    nll_idx = by_mode.get("nll", [])
+    if nll_idx:
+        nlls = engine.continuation_nll(
+            [items[i][2].messages() for i in nll_idx],
+            [items[i][2].target for i in nll_idx],
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for i, sc_ in zip(nll_idx, nlls, strict=True):
+            recs[i].ref_nll, recs[i].ref_tokens = sc_.mean, len(sc_.nll)
+    return recs
+
+
+def aggregate(records: Iterable[EvalRecord]) -> list[CategoryMetrics]:
+    """Per-(suite, category) metrics with Wilson CIs for rates and t CIs for NLL."""
+    groups: dict[tuple[str, str], list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.suite, r.category)].append(r)
+    out = []
+    for (suite, cat), rs in groups.items():
+        m = CategoryMetrics(suite=suite, category=cat, mode=rs[0].mode, n=len(rs))
+        scored = [r for r in rs if r.correct is not None]
+        if scored:
+            k = sum(bool(r.correct) for r in scored)
+            m.accuracy, m.accuracy_ci = k / len(scored), wilson_ci(k, len(scored))
+            f = sum(bool(r.format_ok) for r in scored)
+            m.format_rate, m.format_ci = f / len(scored), wilson_ci(f, len(scored))
+            st = sum(bool(r.correct and r.format_ok) for r in scored)
+            m.strict_accuracy, m.strict_ci = st / len(scored), wilson_ci(st, len(scored))
+        nll = [r.ref_nll for r in rs if r.ref_nll is not None and math.isfinite(r.ref_nll)]
+        if nll:
+            m.ref_nll, m.ref_nll_ci = mean_ci(nll)
+        ent = [r.entropy for r in rs if r.entropy is not None]
+        if ent:
+            m.entropy = sum(ent) / len(ent)
+        out.append(m)
+    return out
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+class ProgressHook:
+    """Receives progress from long library calls; the CLI renders it. Default: silent."""
+
+    def phase(self, text: str) -> None:  # a new phase starts (e.g. "Loading model")
+        log.info(text)
+
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+class EvalRun(BaseModel):
+    """What :func:`run_evaluation` returns."""
+
+    run_id: str
+    run_dir: str
+    model: str
+    metrics: list[CategoryMetrics]
+    n_records: int
+    seconds: float
+    runtime: dict[str, Any]
+
+
+def resolve_suites(names: Sequence[str]) -> list[Any]:
+    """Built-in suite names or task-file paths -> Suite objects (clear error if unknown)."""
+    from pathlib import Path
+
+    from selfimprove.tasks.importers import load_suite_file
+    from selfimprove.tasks.suites import get_suite
+
+    out = []
+    for name in names:
+        p = Path(name).expanduser()
+        if p.suffix in {".json", ".jsonl"} or p.exists():
+            out.append(load_suite_file(p))
+        else:
+            out.append(get_suite(name))
+    return out
+
+
+def plan_items(suites: Sequence[Any], n_per_suite: int, seed: int) -> list[tuple[Any, Task, list[Sample]]]:
+    """Fixed evaluation items: ``n_per_suite`` split evenly over each suite's tasks."""
+    plan = []
+    for suite in suites:
+        k = len(suite.tasks)
+        for j, task in enumerate(suite.tasks):
+            n_task = n_per_suite // k + (1 if j < n_per_suite % k else 0)
+            if n_task == 0:
+                continue
+            if task.dataset is not None:
+                samples = task.samples(min(n_task, len(task.dataset)), seed)
+            else:
+                samples = task.samples(n_task, seed)
+            plan.append((suite, task, samples))
+    return plan
+
+
+def run_evaluation(
+    cfg: Any,
+    *,
+    resume: str | None = None,
+    hook: ProgressHook | None = None,
+) -> EvalRun:
+    """Evaluate ``cfg.model`` on ``cfg.eval.suites`` and store the run.
+
+    Records are appended to ``records.jsonl`` task by task (so Ctrl-C keeps finished work);
+    ``resume`` continues an interrupted run, skipping records already stored. Every item is
+    added to the store's never-train registry.
+    """
+    import time
+
+    from selfimprove.models import load_model
+    from selfimprove.runtime import resolve_runtime
+    from selfimprove.store import RunStore, collect_provenance
+    from selfimprove.tasks.never_train import NeverTrainRegistry
+
+    hook = hook or ProgressHook()
+    t0 = time.time()
+    store = RunStore(cfg.store.root)
+    store.mark_stale_running()
+    suites = resolve_suites(cfg.eval.suites)  # fail fast on an unknown suite, before loading
+    plan = plan_items(suites, cfg.eval.n, cfg.eval.seed)
+
+    done: set[tuple[str, str]] = set()
+    if resume is not None:
+        prev = store.get_run(resume)
+        if prev.kind != "eval":
+            from selfimprove.errors import StoreError
+
+            raise StoreError(f"Run {prev.id} is a {prev.kind!r} run, not an evaluation.")
+        from selfimprove.config import Config
+
+        cfg = Config.model_validate(prev.config)
+        suites = resolve_suites(cfg.eval.suites)
+        plan = plan_items(suites, cfg.eval.n, cfg.eval.seed)
+        done = {
+            (r["suite"], r["sample_id"])
+            for r in _read_existing(store, prev.id)
+        }
+
+    hook.phase(f"Loading model {cfg.model.name}")
+    runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
+    loaded = load_model(
+        cfg.model.name, adapter=cfg.model.adapter, trust_remote_code=cfg.model.trust_remote_code
+    )
+    engine = Engine(loaded, runtime=runtime, system_prompt=cfg.model.system_prompt)
+
+    registry_path = store.root / "never_train.json"
+    registry_path.parent.mkdir(parents=True, exist_ok=True)
+    registry = NeverTrainRegistry.load(registry_path) if registry_path.is_file() else NeverTrainRegistry()
+    for suite, _task, samples in plan:
+        registry.add(samples, source=f"eval:{suite.name}")
+    registry.save(registry_path)
+
+    provenance = collect_provenance(
+        {
+            "runtime": runtime.describe(),
+            "model_source": loaded.source,
+            "model_hash": loaded.weights_hash,
+            "n_params": loaded.n_params,
+        }
+    )
+    config_dict = cfg.model_dump(mode="json")
+    if resume is not None:
+        ctx = store.resume(prev.id)
+    else:
+        ctx = store.track(
+            "eval", config=config_dict, seed=cfg.eval.seed, model=loaded.name, provenance=provenance
+        )
+    with ctx as info:
+        run_id = info.id
+        todo = [(s, t, [x for x in xs if (s.name, x.id) not in done]) for s, t, xs in plan]
+        total = sum(len(xs) for _s, _t, xs in todo)
+        hook.phase(f"Evaluating {total} items in {len(suites)} suites")
+        hook.start(total, "evaluate")
+        g = cfg.generation
+        flat: list[Item] = [(su.name, t, x) for su, t, xs in todo for x in xs]
+        # Chunks span tasks (full batches) yet stay small enough that Ctrl-C loses little.
+        chunk = g.batch_size * 4
+        for start in range(0, len(flat), chunk):
+            recs = evaluate_items(
+                engine,
+                flat[start : start + chunk],
+                max_new_tokens=g.max_new_tokens,
+                batch_size=g.batch_size,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                seed=cfg.eval.seed,
+                stop_after_answer_line=g.stop_after_answer_line,
+                reference_nll=cfg.eval.reference_nll,
+                progress=hook.advance,
+            )
+            store.append_records(run_id, "records.jsonl", [r.model_dump(mode="json") for r in recs])
+        records = [EvalRecord.model_validate(r) for r in _read_existing(store, run_id)]
+        metrics = aggregate(records)
+        store.write_json(run_id, "metrics.json", [m.model_dump(mode="json") for m in metrics])
+        seconds = time.time() - t0
+        summary = {
+            "n_records": len(records),
+            "seconds": round(seconds, 1),
+            "accuracy": _overall(records),
+        }
+        store.set_summary(run_id, summary)
+    return EvalRun(
+        run_id=run_id,
+        run_dir=str(store.run_dir(run_id)),
+        model=loaded.name,
+        metrics=metrics,
+        n_records=len(records),
+        seconds=seconds,
+        runtime=runtime.describe(),
+    )
+
+
+def _overall(records: Sequence[EvalRecord]) -> float | None:
+    scored = [r for r in records if r.correct is not None]
+    return sum(bool(r.correct) for r in scored) / len(scored) if scored else None
+
+
+def _read_existing(store: Any, run_id: str) -> list[dict[str, Any]]:
+    path = store.run_dir(run_id) / "records.jsonl"
+    if not path.is_file():
+        return []
+    return list(store.read_records(run_id, "records.jsonl", skip_corrupt=True))
