@@ -22,15 +22,17 @@ PROMPTS = [
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
-@pytest.mark.parametrize("share_prefix", [True, False])
-def test_batched_greedy_equals_per_item(request, name, share_prefix):
+@pytest.mark.parametrize(("share_prefix", "prefill_rows"), [(True, 8), (False, 8), (True, 2), (False, 1)])
+def test_batched_greedy_equals_per_item(request, name, share_prefix, prefill_rows):
+    """Left padding, shared-prefix prefill and length-grouped prefill (merged caches) must not
+    change any row's greedy tokens."""
     eng: Engine = request.getfixturevalue(name)
-    eng.share_prefix = share_prefix
+    eng.share_prefix, eng.prefill_rows = share_prefix, prefill_rows
     try:
-        batched = eng.generate(PROMPTS, max_new_tokens=12, batch_size=4)
+        batched = eng.generate(PROMPTS, max_new_tokens=12, batch_size=len(PROMPTS))
         single = [eng.generate([p], max_new_tokens=12, batch_size=1)[0] for p in PROMPTS]
     finally:
-        eng.share_prefix = True
+        eng.share_prefix, eng.prefill_rows = True, 8
     for b, s in zip(batched, single, strict=True):
         assert b.token_ids == s.token_ids
         assert b.text == s.text

@@ -97,6 +97,7 @@ class Engine:
         use_chat_template: bool | None = None,
         system_prompt: str | None = None,
         share_prefix: bool = True,
+        prefill_rows: int = 8,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -106,6 +107,7 @@ class Engine:
         self.use_chat_template = has_template if use_chat_template is None else use_chat_template
         self.system_prompt = system_prompt
         self.share_prefix = share_prefix
+        self.prefill_rows = prefill_rows
         eos = {self.tokenizer.eos_token_id}
         cfg_eos = getattr(self.model.config, "eos_token_id", None)
         if isinstance(cfg_eos, int):
@@ -193,34 +195,7 @@ class Engine:
         from transformers import DynamicCache
 
         n = len(batch_ids)
-        cache = DynamicCache(config=self.model.config)
-        # Shared-prefix prefill: the chat template's system turn (and often an instruction)
-        # is identical across prompts. Run it once at batch 1, repeat its KV cache B times,
-        # then prefill the left-padded suffixes. Layout per row: [prefix | pad | suffix];
-        # the mask hides the pad and position ids continue from the prefix, so each row sees
-        # exactly the positions and keys it would see alone.
-        n_prefix = _common_prefix_len(batch_ids) if self.share_prefix and n > 1 else 0
-        n_prefix = min(n_prefix, min(len(r) for r in batch_ids) - 1)
-        if n_prefix >= 4:
-            prefix = torch.tensor([batch_ids[0][:n_prefix]], dtype=torch.long)  # (1, P)
-            self.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(n)
-            suffix, s_attn, s_pos = _left_pad([r[n_prefix:] for r in batch_ids], self.pad_id)
-            attn = torch.cat([torch.ones((n, n_prefix), dtype=torch.long), s_attn], dim=1)
-            pos = s_pos + n_prefix  # (B, S)
-            input_ids = suffix
-        else:
-            input_ids, attn, pos = _left_pad(batch_ids, self.pad_id)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attn,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1, :].float()  # (B, V)
-        next_pos = pos[:, -1:] + 1  # (B, 1)
+        cache, attn, next_pos, logits = self._prefill(batch_ids, torch)
 
         active = list(range(n))  # batch row -> local index in this chunk
         gen_ids: list[list[int]] = [[] for _ in range(n)]
@@ -294,6 +269,72 @@ class Engine:
                 )
             )
         return results
+
+    def _prefill(self, batch_ids: list[list[int]], torch: Any) -> tuple[Any, Any, Any, Any]:
+        """Prefill a batch; returns ``(cache, attention_mask, next_positions, last_logits)``.
+
+        Two savings, both exact up to float rounding:
+        * Shared prefix: the chat template's system turn (and often an instruction) is the
+          same for every prompt. It is run once at batch 1 and its KV cache is copied.
+        * Length-grouped prefill: rows (already sorted by length) are prefilled in groups
+          of ``prefill_rows`` so short prompts do not pay for the longest one's padding;
+          the group caches are then left-padded and stacked into one decode cache.
+        Layout per row: ``[pad | prefix | pad | suffix]``; the mask hides the pads and the
+        explicit position ids count real tokens only, so each row sees exactly what it
+        would see alone.
+        """
+        from transformers import DynamicCache
+
+        n = len(batch_ids)
+        n_prefix = _common_prefix_len(batch_ids) if self.share_prefix and n > 1 else 0
+        n_prefix = min(n_prefix, min(len(r) for r in batch_ids) - 1)
+        prefix_kv: list[tuple[Any, Any]] = []
+        if n_prefix >= 4:
+            pc = DynamicCache(config=self.model.config)
+            prefix = torch.tensor([batch_ids[0][:n_prefix]], dtype=torch.long)  # (1, P)
+            self.model(input_ids=prefix, past_key_values=pc, use_cache=True, logits_to_keep=1)
+            prefix_kv = [(layer.keys, layer.values) for layer in pc.layers]  # (1, H_kv, P, D)
+        else:
+            n_prefix = 0
+
+        groups = []
+        step = max(1, self.prefill_rows)
+        for g0 in range(0, n, step):
+            rows = [r[n_prefix:] for r in batch_ids[g0 : g0 + step]]
+            b = len(rows)
+            cache = DynamicCache(config=self.model.config)
+            for li, (k, v) in enumerate(prefix_kv):
+                cache.update(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous(), li)
+            ids, s_attn, s_pos = _left_pad(rows, self.pad_id)
+            attn = torch.cat([torch.ones((b, n_prefix), dtype=torch.long), s_attn], dim=1)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=s_pos + n_prefix,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            groups.append((cache, attn, s_pos[:, -1:] + n_prefix + 1, out.logits[:, -1, :].float()))
+        if len(groups) == 1:
+            return groups[0]
+        width = max(g[1].shape[1] for g in groups)
+        merged = DynamicCache(config=self.model.config)
+        for li in range(len(groups[0][0].layers)):
+            ks, vs = [], []
+            for cache, attn, _p, _l in groups:
+                k, v = cache.layers[li].keys, cache.layers[li].values  # (b, H_kv, T_g, D)
+                pad = width - k.shape[2]
+                if pad:
+                    k = torch.nn.functional.pad(k, (0, 0, pad, 0))
+                    v = torch.nn.functional.pad(v, (0, 0, pad, 0))
+                ks.append(k)
+                vs.append(v)
+            merged.update(torch.cat(ks), torch.cat(vs), li)
+        attn = torch.cat(
+            [torch.nn.functional.pad(g[1], (width - g[1].shape[1], 0)) for g in groups]
+        )
+        return merged, attn, torch.cat([g[2] for g in groups]), torch.cat([g[3] for g in groups])
 
     # ------------------------------------------------------------------ scoring
     def _teacher_forced(
