@@ -133,7 +133,7 @@ def eval_cmd(
     config: ConfigOpt = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama.")] = None,
     adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder to apply on top of the model.")] = None,
-    suites: Annotated[str | None, typer.Option("--suites", "-s", help="Comma-separated suite names or task files (see `selfimprove suites list`).")] = None,
+    suites: Annotated[str | None, typer.Option("--suites", "-s", help="Comma-separated suite names, task files, or the groups all / skills / sentinels (see `selfimprove suites list`).")] = None,
     n: Annotated[int | None, typer.Option("--n", "-n", help="Items per suite, split evenly over its categories.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for drawing the items.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per batch.")] = None,
@@ -308,10 +308,25 @@ def suites_export(
     console.print(f"Wrote {len(samples)} items to {out}")
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into messages and exit codes."""
+    import signal
+
+    # Ctrl-C and `kill` both end a run as "interrupted" with its finished work on disk.
+    # SIGINT is reset explicitly: a process started in the background inherits it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        app(standalone_mode=False)
+        # Non-standalone click returns the exit code of typer.Exit, and turns Ctrl-C into 130.
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc == 130:
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except SelfImproveError as e:
         err_console.print(f"[bold red]Error:[/] {e}", markup=True, highlight=False)
         sys.exit(e.exit_code)

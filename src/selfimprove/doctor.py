@@ -93,7 +93,9 @@ def run_doctor(model: str = "embedded", *, smoke: bool = True, threads: int | No
             Check("model", "ok", f"{loaded.name}: {loaded.n_params / 1e6:.0f}M params, loaded in {time.time() - t:.1f}s")
         )
     except SelfImproveError as e:
-        checks.append(Check("model", "fail", str(e).splitlines()[0], "\n".join(str(e).splitlines()[1:])))
+        lines = str(e).splitlines()
+        fix = " ".join(x.removeprefix("Fix:").strip() for x in lines[1:])
+        checks.append(Check("model", "fail", lines[0], fix))
         return checks
     if smoke:
         from selfimprove.engine import Engine

@@ -274,14 +274,25 @@ class EvalRun(BaseModel):
 
 
 def resolve_suites(names: Sequence[str]) -> list[Any]:
-    """Built-in suite names or task-file paths -> Suite objects (clear error if unknown)."""
+    """Built-in suite names or task-file paths -> Suite objects (clear error if unknown).
+
+    ``all``, ``skills`` and ``sentinels`` expand to groups of built-in suites.
+    """
     from pathlib import Path
 
     from selfimprove.tasks.importers import load_suite_file
     from selfimprove.tasks.suites import get_suite
 
+    from selfimprove.tasks.suites import list_suites
+
+    groups = {
+        "all": [s.name for s in list_suites()],
+        "skills": [s.name for s in list_suites() if not s.sentinel],
+        "sentinels": [s.name for s in list_suites() if s.sentinel],
+    }
+    expanded = [x for name in names for x in groups.get(name, [name])]
     out = []
-    for name in names:
+    for name in dict.fromkeys(expanded):
         p = Path(name).expanduser()
         if p.suffix in {".json", ".jsonl"} or p.exists():
             out.append(load_suite_file(p))

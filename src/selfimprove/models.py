@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ModelLoadError
+from selfimprove.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def convert_embedded(*, force: bool = False) -> Path:
         clean.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "COMPLETE").write_text(
-            json.dumps({"gguf": str(gguf), "gguf_sha256": _file_sha256(gguf)[:16]})
+            json.dumps({"gguf": str(gguf), "gguf_sha256": file_sha256(gguf)[:16]})
         )
         if target.exists():
             shutil.rmtree(target)
@@ -139,14 +140,6 @@ def convert_embedded(*, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def folder_weights_hash(folder: Path) -> str:

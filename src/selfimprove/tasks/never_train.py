@@ -110,8 +110,10 @@ class NeverTrainRegistry:
         )
 
     def save(self, path: str | Path) -> None:
-        """Write ``{hash: source}`` as JSON."""
-        Path(path).write_text(json.dumps(self._sources, indent=0, sort_keys=True), "utf-8")
+        """Write ``{hash: source}`` as JSON, atomically (a killed writer leaves the old file)."""
+        from selfimprove.store import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self._sources, indent=0, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | Path) -> NeverTrainRegistry:
