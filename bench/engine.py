@@ -16,11 +16,11 @@ import time
 
 import torch
 
+from selfimprove.config import DEFAULT_SUITES
 from selfimprove.doctor import calibrate_bf16
 from selfimprove.engine import Engine
 from selfimprove.evaluate import plan_items, resolve_suites
 from selfimprove.models import load_model
-from selfimprove.config import DEFAULT_SUITES
 from selfimprove.runtime import resolve_runtime
 
 
@@ -38,7 +38,9 @@ def main() -> None:
     loaded = load_model(args.model)
     eng = Engine(loaded, runtime=rt)
     per_suite = -(-args.n // len(DEFAULT_SUITES))
-    items = [s for _su, _t, xs in plan_items(resolve_suites(DEFAULT_SUITES), per_suite, 0) for s in xs]
+    items = [
+        s for _su, _t, xs in plan_items(resolve_suites(DEFAULT_SUITES), per_suite, 0) for s in xs
+    ]
     prompts = [s.messages() for s in items][: args.n]
     model, tok = loaded.model, loaded.tokenizer
 
@@ -79,17 +81,23 @@ def main() -> None:
     cal = calibrate_bf16(size=1024)
     achieved = flops / best / 1e9
 
-    print(f"model={loaded.name} dtype={rt.dtype} threads={rt.threads} prompts={len(prompts)} "
-          f"max_new_tokens={args.max_new_tokens} prompt_tokens={prompt_tok}")
+    print(
+        f"model={loaded.name} dtype={rt.dtype} threads={rt.threads} prompts={len(prompts)} "
+        f"max_new_tokens={args.max_new_tokens} prompt_tokens={prompt_tok}"
+    )
     print(f"{'path':<28}{'seconds':>10}{'gen tokens':>12}{'tok/s':>10}")
     print(f"{'naive HF generate (bs=1)':<28}{t_naive:>10.2f}{n_tok:>12}{n_tok / t_naive:>10.1f}")
     print(f"{'engine (batched, min of N)':<28}{best:>10.2f}{e_tok:>12}{e_tok / best:>10.1f}")
     print(f"identical greedy outputs: {same}/{len(prompts)}")
-    print(f"engine compute: {achieved:.1f} GFLOP/s; matmul peak here: bf16 {cal['bf16_gflops']:.0f}, "
-          f"fp32 {cal['fp32_gflops']:.0f} GFLOP/s -> {achieved / cal['bf16_gflops']:.1%} of bf16, "
-          f"{achieved / cal['fp32_gflops']:.1%} of fp32")
-    print(f"SUMMARY speedup={(e_tok / best) / (n_tok / t_naive):.1f}x identical={same}/{len(prompts)} "
-          f"wall_ratio={t_naive / best:.1f}x")
+    print(
+        f"engine compute: {achieved:.1f} GFLOP/s; matmul peak here: bf16 {cal['bf16_gflops']:.0f}, "
+        f"fp32 {cal['fp32_gflops']:.0f} GFLOP/s -> {achieved / cal['bf16_gflops']:.1%} of bf16, "
+        f"{achieved / cal['fp32_gflops']:.1%} of fp32"
+    )
+    print(
+        f"SUMMARY speedup={(e_tok / best) / (n_tok / t_naive):.1f}x identical={same}/{len(prompts)} "
+        f"wall_ratio={t_naive / best:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,14 @@ def _assert_clean_error(res: subprocess.CompletedProcess[str], *needles: str) ->
 
 
 def test_missing_model_path(tmp_path):
-    res = _run("eval", "--model", str(tmp_path / "no_such_model"), "--store", str(tmp_path / "s"), cwd=tmp_path)
+    res = _run(
+        "eval",
+        "--model",
+        str(tmp_path / "no_such_model"),
+        "--store",
+        str(tmp_path / "s"),
+        cwd=tmp_path,
+    )
     _assert_clean_error(res, "does not exist", "Fix:")
 
 
@@ -50,8 +57,14 @@ def test_folder_without_config_is_not_a_model(tmp_path):
 def test_model_that_does_not_fit(tmp_path):
     m = tmp_path / "huge"
     m.mkdir()
-    cfg = {"model_type": "llama", "hidden_size": 65536, "intermediate_size": 262144,
-           "num_hidden_layers": 400, "num_attention_heads": 64, "vocab_size": 256000}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 65536,
+        "intermediate_size": 262144,
+        "num_hidden_layers": 400,
+        "num_attention_heads": 64,
+        "vocab_size": 256000,
+    }
     (m / "config.json").write_text(json.dumps(cfg))
     res = _run("eval", "--model", str(m), cwd=tmp_path)
     _assert_clean_error(res, "GiB", "smaller model")
@@ -94,8 +107,22 @@ def test_unknown_run_id(tmp_path):
 
 def test_eval_list_show_round_trip(tmp_path):
     store = str(tmp_path / "s")
-    res = _run("eval", "--model", "tiny-llama", "--suites", "arithmetic,refusal", "-n", "4",
-               "--max-new-tokens", "4", "--dtype", "fp32", "--store", store, cwd=tmp_path)
+    res = _run(
+        "eval",
+        "--model",
+        "tiny-llama",
+        "--suites",
+        "arithmetic,refusal",
+        "-n",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--dtype",
+        "fp32",
+        "--store",
+        store,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "add_1d" in res.stdout and "Run " in res.stdout
     listed = _run("runs", "list", "--store", store, cwd=tmp_path)
@@ -112,10 +139,31 @@ def test_ctrl_c_marks_run_interrupted_and_keeps_records(tmp_path):
     store = tmp_path / "s"
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "selfimprove.cli", "eval", "--model", "tiny-llama", "--suites", "all",
-         "-n", "64", "--max-new-tokens", "24", "--batch-size", "4", "--dtype", "fp32",
-         "--store", str(store)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "selfimprove.cli",
+            "eval",
+            "--model",
+            "tiny-llama",
+            "--suites",
+            "all",
+            "-n",
+            "64",
+            "--max-new-tokens",
+            "24",
+            "--batch-size",
+            "4",
+            "--dtype",
+            "fp32",
+            "--store",
+            str(store),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.time() + 240
     runs_dir = store / "runs"

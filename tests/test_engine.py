@@ -22,7 +22,9 @@ PROMPTS = [
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
-@pytest.mark.parametrize(("share_prefix", "prefill_rows"), [(True, 8), (False, 8), (True, 2), (False, 1)])
+@pytest.mark.parametrize(
+    ("share_prefix", "prefill_rows"), [(True, 8), (False, 8), (True, 2), (False, 1)]
+)
 def test_batched_greedy_equals_per_item(request, name, share_prefix, prefill_rows):
     """Left padding, shared-prefix prefill and length-grouped prefill (merged caches) must not
     change any row's greedy tokens."""
@@ -92,8 +94,12 @@ def test_kl_zero_for_identical_and_positive_for_perturbed(tiny_llama, fp32_runti
         assert max(item["kl_ab"] + item["kl_ba"]) < 1e-6
     model2 = copy.deepcopy(tiny_llama.model)
     with torch.no_grad():
-        model2.model.layers[0].mlp.down_proj.weight.add_(0.05 * torch.randn_like(model2.model.layers[0].mlp.down_proj.weight))
-    other = Engine(LoadedModel(model2, tiny_llama.tokenizer, "perturbed", "test", "x"), runtime=fp32_runtime)
+        model2.model.layers[0].mlp.down_proj.weight.add_(
+            0.05 * torch.randn_like(model2.model.layers[0].mlp.down_proj.weight)
+        )
+    other = Engine(
+        LoadedModel(model2, tiny_llama.tokenizer, "perturbed", "test", "x"), runtime=fp32_runtime
+    )
     diff = tiny_llama.continuation_kl(other, PROMPTS[:3], ["a b c d", "x y", "1 2 3"], k=3)
     for item in diff:
         assert len(item["kl_ab"]) == 3 or len(item["kl_ab"]) <= 3

@@ -22,12 +22,19 @@ from selfimprove.tasks.base import Sample, Score, Task
 
 
 def _echo_validator(output: str, sample: Sample) -> Score:
-    return Score(correct=sample.target in output, format_ok=output.startswith("Answer:"), extracted=output)
+    return Score(
+        correct=sample.target in output, format_ok=output.startswith("Answer:"), extracted=output
+    )
 
 
 def _gen(rng: random.Random, i: int) -> Sample:
     a, b = rng.randint(0, 9), rng.randint(0, 9)
-    return Sample(id=f"add/{i}", input=f"What is {a} plus {b}?", target=str(a + b), metadata={"category": "add"})
+    return Sample(
+        id=f"add/{i}",
+        input=f"What is {a} plus {b}?",
+        target=str(a + b),
+        metadata={"category": "add"},
+    )
 
 
 TASK = Task(name="add", category="add", validator=_echo_validator, generator=_gen)
@@ -74,13 +81,25 @@ def test_nll_mode_matches_engine(tiny_llama):
     task = Task(name="text", category="text", mode="nll", dataset=[s])
     (rec,) = evaluate_task(tiny_llama, "toy", task, [s])
     assert rec.correct is None
-    assert rec.ref_nll == pytest.approx(tiny_llama.continuation_nll([s.messages()], [s.target])[0].mean)
+    assert rec.ref_nll == pytest.approx(
+        tiny_llama.continuation_nll([s.messages()], [s.target])[0].mean
+    )
 
 
 def test_aggregate_counts_and_intervals():
     recs = [
-        EvalRecord(suite="s", task="t", category="c", sample_id=str(i), input_hash="h", mode="generate",
-                   target="1", correct=i < 3, format_ok=i < 1, ref_nll=float(i))
+        EvalRecord(
+            suite="s",
+            task="t",
+            category="c",
+            sample_id=str(i),
+            input_hash="h",
+            mode="generate",
+            target="1",
+            correct=i < 3,
+            format_ok=i < 1,
+            ref_nll=float(i),
+        )
         for i in range(10)
     ]
     (m,) = aggregate(recs)
@@ -130,4 +149,6 @@ def test_interrupt_marks_run_and_resume_completes(tmp_path):
     fresh_recs = store.read_records(fresh.run_id, "records.jsonl")
     key = lambda r: (r["suite"], r["sample_id"])  # noqa: E731
     strip = lambda r: {k: v for k, v in r.items() if k not in {"ref_nll", "entropy", "margin"}}  # noqa: E731
-    assert [strip(r) for r in sorted(recs, key=key)] == [strip(r) for r in sorted(fresh_recs, key=key)]
+    assert [strip(r) for r in sorted(recs, key=key)] == [
+        strip(r) for r in sorted(fresh_recs, key=key)
+    ]

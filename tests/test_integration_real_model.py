@@ -46,13 +46,17 @@ def test_conversion_is_atomic_and_exact(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     gguf = models.embedded_gguf_path()
-    ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.inference_mode():
         a = loaded.model(ids).logits
         b = ref(ids).logits
     assert torch.equal(a, b)
-    assert loaded.model.config.num_hidden_layers == 30 and loaded.model.config.num_key_value_heads == 3
+    assert (
+        loaded.model.config.num_hidden_layers == 30 and loaded.model.config.num_key_value_heads == 3
+    )
 
 
 def test_real_batched_greedy_equals_per_item(real_fp32):

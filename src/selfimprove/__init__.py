@@ -18,7 +18,13 @@ from selfimprove.errors import (
     StoreError,
     TaskError,
 )
-from selfimprove.evaluate import CategoryMetrics, EvalRecord, aggregate, evaluate_task, run_evaluation
+from selfimprove.evaluate import (
+    CategoryMetrics,
+    EvalRecord,
+    aggregate,
+    evaluate_task,
+    run_evaluation,
+)
 from selfimprove.models import LoadedModel, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
 from selfimprove.store import RunInfo, RunStore

@@ -16,10 +16,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from selfimprove.errors import SelfImproveError
+from selfimprove.evaluate import ProgressHook
 
 app = typer.Typer(
     name="selfimprove",
@@ -40,7 +48,9 @@ err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file (default: ./selfimprove.yaml if present)."),
+    typer.Option(
+        "--config", "-c", help="YAML config file (default: ./selfimprove.yaml if present)."
+    ),
 ]
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help="Run store folder (default: ./selfimprove_runs).")
@@ -57,10 +67,12 @@ def _verbosity(verbose: bool) -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("SELFIMPROVE_ONLINE") else None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get(
+        "SELFIMPROVE_ONLINE"
+    ) else None
 
 
-class RichHook:
+class RichHook(ProgressHook):
     """Renders library progress with a rich progress bar."""
 
     def __init__(self) -> None:
@@ -131,18 +143,47 @@ def metrics_table(metrics: list[Any], title: str) -> Table:
 @app.command("eval")
 def eval_cmd(
     config: ConfigOpt = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama.")] = None,
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder to apply on top of the model.")] = None,
-    suites: Annotated[str | None, typer.Option("--suites", "-s", help="Comma-separated suite names, task files, or the groups all / skills / sentinels (see `selfimprove suites list`).")] = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", help="Items per suite, split evenly over its categories.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama."
+        ),
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="PEFT adapter folder to apply on top of the model.")
+    ] = None,
+    suites: Annotated[
+        str | None,
+        typer.Option(
+            "--suites",
+            "-s",
+            help="Comma-separated suite names, task files, or the groups all / skills / sentinels (see `selfimprove suites list`).",
+        ),
+    ] = None,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", "-n", help="Items per suite, split evenly over its categories."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for drawing the items.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per batch.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation length cap.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all CPUs available).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 (auto: bf16 only on CPUs with native bf16).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: all CPUs available).")
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="auto | fp32 | bf16 (auto: bf16 only on CPUs with native bf16)."),
+    ] = None,
     store: StoreOpt = None,
-    resume: Annotated[str | None, typer.Option(help="Continue an interrupted eval run (id or prefix); its stored config is used.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue an interrupted eval run (id or prefix); its stored config is used."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Evaluate a model on task suites: per-category accuracy with 95% CIs, saved as a run."""
@@ -152,7 +193,11 @@ def eval_cmd(
 
     overrides = {
         "model": {"name": model, "adapter": adapter},
-        "eval": {"suites": [s.strip() for s in suites.split(",") if s.strip()] if suites else None, "n": n, "seed": seed},
+        "eval": {
+            "suites": [s.strip() for s in suites.split(",") if s.strip()] if suites else None,
+            "n": n,
+            "seed": seed,
+        },
         "generation": {"batch_size": batch_size, "max_new_tokens": max_new_tokens},
         "runtime": {"threads": threads, "dtype": dtype},
         "store": {"root": store},
@@ -197,7 +242,9 @@ def doctor(
 @app.command("config")
 def config_cmd(
     config: ConfigOpt = None,
-    defaults: Annotated[bool, typer.Option("--defaults", help="Print the built-in defaults, ignoring any file.")] = False,
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Print the built-in defaults, ignoring any file.")
+    ] = False,
 ) -> None:
     """Print the resolved configuration as YAML (write it to selfimprove.yaml to edit)."""
     from selfimprove.config import Config, dump_config, load_config
@@ -210,7 +257,9 @@ def config_cmd(
 def runs_list(
     store: StoreOpt = None,
     limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
-    kind: Annotated[str | None, typer.Option(help="Only runs of this kind (eval, run, diff...).")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only runs of this kind (eval, run, diff...).")
+    ] = None,
 ) -> None:
     """List runs, newest first."""
     from selfimprove.store import RunStore
@@ -226,8 +275,17 @@ def runs_list(
         t.add_column(c)
     colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
     for r in rows:
-        summ = ", ".join(f"{k}={v}" for k, v in (r.summary or {}).items() if not isinstance(v, dict | list))
-        t.add_row(r.id, r.kind, f"[{colors.get(r.status, 'white')}]{r.status}[/]", r.created_at[:19], r.model, summ[:60])
+        summ = ", ".join(
+            f"{k}={v}" for k, v in (r.summary or {}).items() if not isinstance(v, dict | list)
+        )
+        t.add_row(
+            r.id,
+            r.kind,
+            f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+            r.created_at[:19],
+            r.model,
+            summ[:60],
+        )
     console.print(t)
 
 
@@ -242,13 +300,17 @@ def runs_show(
 
     st = RunStore(store or "selfimprove_runs")
     r = st.get_run(run_id)
-    console.print(f"[bold]{r.id}[/]  kind={r.kind}  status={r.status}  model={r.model}  seed={r.seed}")
+    console.print(
+        f"[bold]{r.id}[/]  kind={r.kind}  status={r.status}  model={r.model}  seed={r.seed}"
+    )
     console.print(f"created {r.created_at}  finished {r.finished_at or '–'}  folder {r.path}")
     if r.error:
         console.print(f"[red]error:[/] {r.error}")
     prov = r.provenance or {}
     pk = prov.get("packages", {})
-    console.print(f"git {str(prov.get('git', {}).get('revision') if isinstance(prov.get('git'), dict) else prov.get('git'))[:12]}  packages {pk}")
+    console.print(
+        f"git {str(prov.get('git', {}).get('revision') if isinstance(prov.get('git'), dict) else prov.get('git'))[:12]}  packages {pk}"
+    )
     if r.summary:
         console.print(f"summary: {r.summary}")
     mpath = Path(r.path) / "metrics.json"
@@ -331,11 +393,13 @@ def main() -> None:
         err_console.print(f"[bold red]Error:[/] {e}", markup=True, highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[yellow]Interrupted.[/] Finished work is saved; resume with --resume RUN_ID (see `selfimprove runs list`).")
+        err_console.print(
+            "[yellow]Interrupted.[/] Finished work is saved; resume with --resume RUN_ID (see `selfimprove runs list`)."
+        )
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort,):
+    except typer.Abort:
         sys.exit(1)
     except Exception as e:  # click usage errors
         import click

@@ -80,11 +80,11 @@ class StoreConfig(_Section):
 
 
 class Config(_Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
+    model: ModelConfig = ModelConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    generation: GenerationConfig = GenerationConfig()
+    eval: EvalConfig = EvalConfig()
+    store: StoreConfig = StoreConfig()
 
 
 def _format_validation(err: ValidationError, source: str) -> str:
@@ -108,9 +108,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate the config.
 
     Args:

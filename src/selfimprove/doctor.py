@@ -44,7 +44,9 @@ def calibrate_bf16(size: int = 512, reps: int = 5) -> dict[str, float]:
     return out
 
 
-def run_doctor(model: str = "embedded", *, smoke: bool = True, threads: int | None = None) -> list[Check]:
+def run_doctor(
+    model: str = "embedded", *, smoke: bool = True, threads: int | None = None
+) -> list[Check]:
     """Run every check; never raises for a failed check (it is reported instead)."""
     checks: list[Check] = []
     py = sys.version_info
@@ -60,12 +62,21 @@ def run_doctor(model: str = "embedded", *, smoke: bool = True, threads: int | No
         import torch
         import transformers
     except ImportError as e:
-        checks.append(Check("torch/transformers", "fail", str(e), "pip install torch==2.13.0 'transformers>=5.23,<6'"))
+        checks.append(
+            Check(
+                "torch/transformers",
+                "fail",
+                str(e),
+                "pip install torch==2.13.0 'transformers>=5.23,<6'",
+            )
+        )
         return checks
     from selfimprove.runtime import cpu_has_native_bf16, resolve_runtime
 
     rt = resolve_runtime(threads, "auto")
-    checks.append(Check("torch", "ok", f"torch {torch.__version__}, transformers {transformers.__version__}"))
+    checks.append(
+        Check("torch", "ok", f"torch {torch.__version__}, transformers {transformers.__version__}")
+    )
     cuda = "CUDA available" if torch.cuda.is_available() else "CPU only"
     checks.append(Check("threads", "ok", f"{rt.threads} torch threads ({cuda})"))
     cal = calibrate_bf16()
@@ -90,7 +101,11 @@ def run_doctor(model: str = "embedded", *, smoke: bool = True, threads: int | No
         t = time.time()
         loaded = load_model(model)
         checks.append(
-            Check("model", "ok", f"{loaded.name}: {loaded.n_params / 1e6:.0f}M params, loaded in {time.time() - t:.1f}s")
+            Check(
+                "model",
+                "ok",
+                f"{loaded.name}: {loaded.n_params / 1e6:.0f}M params, loaded in {time.time() - t:.1f}s",
+            )
         )
     except SelfImproveError as e:
         lines = str(e).splitlines()
@@ -105,7 +120,9 @@ def run_doctor(model: str = "embedded", *, smoke: bool = True, threads: int | No
         task = get_suite("arithmetic").tasks[0]
         samples = task.samples(3, seed=0)
         t = time.time()
-        recs = evaluate_task(Engine(loaded, runtime=rt), "arithmetic", task, samples, max_new_tokens=48)
+        recs = evaluate_task(
+            Engine(loaded, runtime=rt), "arithmetic", task, samples, max_new_tokens=48
+        )
         ok = all(r.output is not None and r.ref_nll is not None for r in recs)
         k = sum(bool(r.correct) for r in recs)
         checks.append(

@@ -192,7 +192,6 @@ class Engine:
         seed: int,
         torch: Any,
     ) -> list[Generation]:
-        from transformers import DynamicCache
 
         n = len(batch_ids)
         cache, attn, next_pos, logits = self._prefill(batch_ids, torch)
@@ -257,7 +256,11 @@ class Engine:
         results = []
         for r in range(n):
             steps = len(gen_ids[r]) + (1 if finish[r] == "eos" else 0)
-            text = texts[r] if finish[r] == "stop" else self.tokenizer.decode(gen_ids[r], skip_special_tokens=True)
+            text = (
+                texts[r]
+                if finish[r] == "stop"
+                else self.tokenizer.decode(gen_ids[r], skip_special_tokens=True)
+            )
             results.append(
                 Generation(
                     text=text,
@@ -293,7 +296,7 @@ class Engine:
             pc = DynamicCache(config=self.model.config)
             prefix = torch.tensor([batch_ids[0][:n_prefix]], dtype=torch.long)  # (1, P)
             self.model(input_ids=prefix, past_key_values=pc, use_cache=True, logits_to_keep=1)
-            prefix_kv = [(layer.keys, layer.values) for layer in pc.layers]  # (1, H_kv, P, D)
+            prefix_kv = [(layer.keys, layer.values) for layer in _kv_layers(pc)]  # (1, H_kv, P, D)
         else:
             n_prefix = 0
 
@@ -304,7 +307,9 @@ class Engine:
             b = len(rows)
             cache = DynamicCache(config=self.model.config)
             for li, (k, v) in enumerate(prefix_kv):
-                cache.update(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous(), li)
+                cache.update(
+                    k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous(), li
+                )
             ids, s_attn, s_pos = _left_pad(rows, self.pad_id)
             attn = torch.cat([torch.ones((b, n_prefix), dtype=torch.long), s_attn], dim=1)
             out = self.model(
@@ -322,8 +327,8 @@ class Engine:
         merged = DynamicCache(config=self.model.config)
         for li in range(len(groups[0][0].layers)):
             ks, vs = [], []
-            for cache, attn, _p, _l in groups:
-                k, v = cache.layers[li].keys, cache.layers[li].values  # (b, H_kv, T_g, D)
+            for cache, _attn, _p, _l in groups:
+                k, v = _kv_layers(cache)[li].keys, _kv_layers(cache)[li].values  # (b, H_kv, T_g, D)
                 pad = width - k.shape[2]
                 if pad:
                     k = torch.nn.functional.pad(k, (0, 0, pad, 0))
@@ -350,7 +355,6 @@ class Engine:
         ``fn(logits_row, prompt_ids, cont_ids, offset)`` receives the float logits of one
         row (T, V) where ``logits_row[offset + t]`` predicts continuation token ``t``.
         """
-        import torch
 
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations must have the same length")
@@ -481,6 +485,11 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any
         attn[r, width - len(row) :] = 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     return ids, attn, pos
+
+
+def _kv_layers(cache: Any) -> list[Any]:
+    """The per-layer key/value holders of a DynamicCache (``.keys``/``.values``: (B, H_kv, T, D))."""
+    return list(cache.layers)
 
 
 def _common_prefix_len(rows: Sequence[Sequence[int]]) -> int:

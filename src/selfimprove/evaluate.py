@@ -163,7 +163,12 @@ def evaluate_items(
             _suite, task, s = items[i]
             sc = task.score(g.text, s)
             r = recs[i]
-            r.output, r.extracted, r.correct, r.format_ok = g.text, sc.extracted, sc.correct, sc.format_ok
+            r.output, r.extracted, r.correct, r.format_ok = (
+                g.text,
+                sc.extracted,
+                sc.correct,
+                sc.format_ok,
+            )
             r.entropy, r.margin = g.mean_entropy, g.mean_margin
             r.n_tokens, r.finish_reason = g.n_tokens, g.finish_reason
         if reference_nll:
@@ -281,9 +286,7 @@ def resolve_suites(names: Sequence[str]) -> list[Any]:
     from pathlib import Path
 
     from selfimprove.tasks.importers import load_suite_file
-    from selfimprove.tasks.suites import get_suite
-
-    from selfimprove.tasks.suites import list_suites
+    from selfimprove.tasks.suites import get_suite, list_suites
 
     groups = {
         "all": [s.name for s in list_suites()],
@@ -301,7 +304,9 @@ def resolve_suites(names: Sequence[str]) -> list[Any]:
     return out
 
 
-def plan_items(suites: Sequence[Any], n_per_suite: int, seed: int) -> list[tuple[Any, Task, list[Sample]]]:
+def plan_items(
+    suites: Sequence[Any], n_per_suite: int, seed: int
+) -> list[tuple[Any, Task, list[Sample]]]:
     """Fixed evaluation items: ``n_per_suite`` split evenly over each suite's tasks."""
     plan = []
     for suite in suites:
@@ -356,10 +361,7 @@ def run_evaluation(
         cfg = Config.model_validate(prev.config)
         suites = resolve_suites(cfg.eval.suites)
         plan = plan_items(suites, cfg.eval.n, cfg.eval.seed)
-        done = {
-            (r["suite"], r["sample_id"])
-            for r in _read_existing(store, prev.id)
-        }
+        done = {(r["suite"], r["sample_id"]) for r in _read_existing(store, prev.id)}
 
     hook.phase(f"Loading model {cfg.model.name}")
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
@@ -370,7 +372,9 @@ def run_evaluation(
 
     registry_path = store.root / "never_train.json"
     registry_path.parent.mkdir(parents=True, exist_ok=True)
-    registry = NeverTrainRegistry.load(registry_path) if registry_path.is_file() else NeverTrainRegistry()
+    registry = (
+        NeverTrainRegistry.load(registry_path) if registry_path.is_file() else NeverTrainRegistry()
+    )
     for suite, _task, samples in plan:
         registry.add(samples, source=f"eval:{suite.name}")
     registry.save(registry_path)

@@ -216,7 +216,9 @@ def load_model(
         for k, v in sorted(model.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().float().numpy().tobytes()[:4096])
-        loaded = LoadedModel(model, _prepare_tokenizer(tok), spec.lower(), f"random:{spec}", h.hexdigest()[:16])
+        loaded = LoadedModel(
+            model, _prepare_tokenizer(tok), spec.lower(), f"random:{spec}", h.hexdigest()[:16]
+        )
     else:
         if spec.lower() in EMBEDDED_ALIASES:
             folder, name, source = convert_embedded(), EMBEDDED_NAME, f"gguf:{embedded_gguf_path()}"
@@ -228,7 +230,7 @@ def load_model(
                     "Fix: pass a folder saved with save_pretrained(), a hub id, or 'embedded'."
                 )
             name, source = str(folder), f"dir:{folder}"
-        elif spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        elif spec.startswith((".", "/", "~")) or (os.sep in spec and spec.count("/") > 1):
             raise ModelLoadError(
                 f"Model path {spec!r} does not exist.\n"
                 "Fix: check the path, or use 'embedded' for the built-in SmolLM2-135M-Instruct."
@@ -253,7 +255,9 @@ def load_model(
                 trust_remote_code=trust_remote_code,
             )
         except MemoryError as e:
-            raise ModelLoadError(f"Out of memory while loading {where!r}. Fix: use a smaller model.") from e
+            raise ModelLoadError(
+                f"Out of memory while loading {where!r}. Fix: use a smaller model."
+            ) from e
         except Exception as e:
             raise ModelLoadError(
                 f"Could not load model weights from {where!r}: {e}\n"

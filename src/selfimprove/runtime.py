@@ -82,11 +82,8 @@ def resolve_runtime(threads: int | None = None, dtype: DtypePolicy = "auto") -> 
         n = os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    resolved: Literal["fp32", "bf16"]
-    if dtype == "auto":
-        resolved = "bf16" if cpu_has_native_bf16() else "fp32"
-    else:
-        resolved = dtype
+    auto: Literal["fp32", "bf16"] = "bf16" if cpu_has_native_bf16() else "fp32"
+    resolved: Literal["fp32", "bf16"] = auto if dtype == "auto" else dtype
     log.debug("runtime: threads=%d dtype=%s", n, resolved)
     return Runtime(threads=n, dtype=resolved)
 

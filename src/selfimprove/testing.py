@@ -72,6 +72,8 @@ def tiny_model(kind: str = "tiny-llama", *, n_layers: int = 2, seed: int = 0) ->
 
     tok = tiny_tokenizer()
     vocab = len(tok)
+    cfg: Any
+    model: Any
     torch.manual_seed(seed)
     if kind == "tiny-llama":
         cfg = LlamaConfig(
