@@ -218,6 +218,101 @@ def eval_cmd(
     )
 
 
+@app.command("run")
+def run_cmd(
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama."
+        ),
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Improvement rounds per arm (default 3).")
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option(help="New training examples per round per arm.")
+    ] = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated arms: targeted,random (random = the control)."),
+    ] = None,
+    eval_n: Annotated[
+        int | None, typer.Option(help="Fixed evaluation items per skill suite.")
+    ] = None,
+    sentinel_n: Annotated[
+        int | None, typer.Option(help="Fixed evaluation items per sentinel suite.")
+    ] = None,
+    weight_policy: Annotated[
+        str | None, typer.Option(help="uniform | confidence | inverse (per-example loss weights).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for items, data and training.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | fp32 | bf16.")] = None,
+    store: StoreOpt = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue a killed run (id or prefix) without redoing finished phases."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """The closed loop: baseline -> weak areas -> targeted data -> LoRA -> re-evaluate -> gate, per round and arm."""
+    _verbosity(verbose)
+    from selfimprove.config import load_config
+    from selfimprove.loop import run_loop
+
+    overrides = {
+        "model": {"name": model},
+        "loop": {
+            "rounds": rounds,
+            "budget": budget,
+            "arms": [a.strip() for a in arms.split(",")] if arms else None,
+            "eval_n": eval_n,
+            "sentinel_n": sentinel_n,
+            "weight_policy": weight_policy,
+            "seed": seed,
+        },
+        "runtime": {"threads": threads, "dtype": dtype},
+        "store": {"root": store},
+    }
+    cfg = load_config(config, overrides)
+    hook = RichHook()
+    try:
+        result = run_loop(cfg, resume=resume, hook=hook)
+    finally:
+        hook.close()
+    t = Table(title="Rounds")
+    for c in ("round", "arm", "targets", "train ex", "final loss", "gate", "why", "seconds"):
+        t.add_column(c)
+    for r in result.rounds:
+        reasons = "; ".join(r.gate.get("reasons", [])[:2])
+        loss = r.train.get("final_loss")
+        t.add_row(
+            str(r.round),
+            r.arm,
+            ", ".join(c for _s, c in r.targets),
+            str(r.n_train),
+            "–" if loss is None else f"{loss:.3f}",
+            "[green]accept[/]" if r.accepted else "[red]reject[/]",
+            reasons[:90],
+            " ".join(f"{k}={v:.0f}" for k, v in r.seconds.items()),
+        )
+    console.print(t)
+    s = result.summary
+    console.print(
+        f"Target accuracy ({s.get('metric')}) before {_fmt_rate(s.get('target_acc_before'))}%  "
+        + "  ".join(
+            f"after[{arm}] {_fmt_rate(s.get(f'target_acc_after_{arm}'))}%"
+            for arm in s.get("accepted_rounds", {})
+        )
+    )
+    eff = s.get("efficiency_ratio")
+    console.print(
+        f"Efficiency ratio (gain per example, targeted ÷ random): {'–' if eff is None else f'{eff:.2f}'}"
+    )
+    console.print(f"Run [bold]{result.run_id}[/] saved to {result.run_dir}")
+
+
 @app.command()
 def doctor(
     model: Annotated[str, typer.Option("--model", "-m", help="Model to test-load.")] = "embedded",

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selfimprove.errors import ConfigError
+from selfimprove.loop import LoopConfig
 
 DEFAULT_CONFIG_NAME = "selfimprove.yaml"
 
@@ -85,6 +86,7 @@ class Config(_Section):
     generation: GenerationConfig = GenerationConfig()
     eval: EvalConfig = EvalConfig()
     store: StoreConfig = StoreConfig()
+    loop: LoopConfig = LoopConfig()
 
 
 def _format_validation(err: ValidationError, source: str) -> str:

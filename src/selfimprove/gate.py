@@ -1,0 +1,846 @@
+"""The gate: paired statistical tests that decide whether a fine-tuning round is accepted.
+
+Every test here works on *paired* per-item data: the same evaluation items scored before
+and after a round. Pairing removes the between-item variance (item difficulty), which is
+most of the variance, so a paired test on 200 items sees what an unpaired comparison of two
+accuracies would need thousands of items to see. Raw deltas on small suites are noise.
+
+Method, in the order the gate applies it:
+
+1. **Target gain** (does the round help where it was aimed?). The items of the target
+   categories are pooled and tested with the exact McNemar test, one-sided (after better):
+   under H0 a discordant pair is equally likely to be wrong→right (``c``) or right→wrong
+   (``b``), so ``c | b+c ~ Binomial(b+c, 1/2)``. Per-category McNemar tests are reported
+   with Holm-adjusted p-values, for the report only: the decision uses the single pooled
+   test, so the target side costs no multiplicity correction.
+2. **Sentinels** (did it break anything else?). Each sentinel suite must show
+   *non-inferiority*: binary suites by Tango's score test for a paired difference of
+   proportions (H0: p_after − p_before ≤ −margin); NLL suites (general text, lower is
+   better) by a paired one-sided t-test on the per-item NLL (H0: mean increase ≥ margin).
+   A round that *fails to show* non-inferiority on any sentinel is rejected — absence of
+   evidence of harm is not enough.
+3. **Training health**: every training loss finite, and the last loss at most
+   ``max_loss_ratio`` × the first.
+
+Why no multiplicity correction across sentinels: the gate accepts only if *every* sentinel
+rejects its own null (H0_k: "suite k got worse by more than the margin"). The null we care
+about, "some sentinel got worse", is the union of the H0_k, and a test that rejects a union
+only when each member is rejected at level α has level α (Berger 1982, intersection–union
+test). Holm or BH would protect against a different error (claiming *some* sentinel is
+non-inferior) and would only make good rounds fail more often. The same argument covers the
+whole decision: accepting needs the target test *and* all sentinel tests to reject, so
+P(accept | target gain absent or any sentinel harmed beyond its margin) ≤ α. The price of k
+sentinels is paid in power (each must individually clear its margin), which margins and
+suite sizes control — not α.
+
+This module does not run evaluations, train, or look at the behaviour-change detector's
+output; it only judges per-item records. It does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+log = logging.getLogger(__name__)
+
+Alternative = Literal["two-sided", "greater", "less"]
+BinaryMetric = Literal["correct", "strict"]
+
+_Z975 = 1.959963984540054
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+class PairedBinaryTest(BaseModel):
+    """Exact McNemar test on paired binary outcomes (same items before and after).
+
+    Cells: ``n_both`` right→right, ``b`` right→wrong, ``c`` wrong→right, ``n_neither``
+    wrong→wrong. ``statistic`` is ``c``, the number of wrong→right pairs among the
+    ``b + c`` discordant ones.
+    """
+
+    test: str = "McNemar exact (binomial on discordant pairs)"
+    null: str
+    alternative: Alternative
+    n: int
+    n_both: int
+    b: int = Field(description="right before, wrong after")
+    c: int = Field(description="wrong before, right after")
+    n_neither: int
+    before_rate: float
+    after_rate: float
+    delta: float = Field(description="after_rate − before_rate = (c − b) / n")
+    delta_ci: tuple[float, float]
+    confidence: float
+    ci_method: str = "Newcombe hybrid score interval for paired proportions (method 10)"
+    statistic: float
+    p_value: float = Field(description="p-value for `alternative`")
+    p_two_sided: float
+    p_greater: float = Field(description="one-sided, H1: after better")
+    p_less: float = Field(description="one-sided, H1: after worse")
+
+
+class BootstrapTest(BaseModel):
+    """Paired bootstrap of the mean difference ``after − before``."""
+
+    test: str = "paired bootstrap of the mean difference (shift-to-null p-value)"
+    null: str
+    alternative: Alternative
+    n: int
+    mean_before: float
+    mean_after: float
+    statistic: float = Field(description="observed mean of after − before")
+    ci: tuple[float, float] = Field(description="percentile interval of the bootstrap means")
+    confidence: float
+    n_boot: int
+    seed: int
+    p_value: float
+
+
+class NonInferiorityTest(BaseModel):
+    """One-sided non-inferiority test of ``after`` against ``before`` on paired data.
+
+    ``estimate`` and ``ci`` are on the *improvement* scale: positive means ``after`` is
+    better (for lower-is-better metrics that is ``before − after``). H0: improvement ≤
+    −margin; ``non_inferior`` means H0 is rejected at ``alpha``.
+    """
+
+    test: str
+    null: str
+    metric: str
+    higher_is_better: bool
+    n: int
+    before_mean: float
+    after_mean: float
+    margin: float
+    estimate: float = Field(description="mean improvement (after better > 0)")
+    ci: tuple[float, float] = Field(
+        description="two-sided 1 − 2·alpha interval of the improvement (informational)"
+    )
+    statistic: float
+    df: float | None = None
+    p_value: float
+    alpha: float
+    non_inferior: bool
+    b: int | None = Field(None, description="binary only: right before, wrong after")
+    c: int | None = Field(None, description="binary only: wrong before, right after")
+
+
+class CategoryTest(BaseModel):
+    """A per-category target test (report only; the decision uses the pooled test)."""
+
+    suite: str
+    category: str
+    test: PairedBinaryTest
+    p_holm: float = Field(description="Holm-adjusted one-sided p-value across categories")
+
+
+class TargetResult(BaseModel):
+    pooled: PairedBinaryTest
+    per_category: list[CategoryTest]
+    significant: bool
+
+
+class SentinelResult(BaseModel):
+    """Non-inferiority of one sentinel suite on one kind of metric."""
+
+    suite: str
+    kind: Literal["binary", "nll"]
+    test: NonInferiorityTest | None
+    passed: bool
+    note: str = ""
+
+
+class GateConfig(BaseModel):
+    """When a round is accepted. Serialised into every :class:`GateDecision`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Level of every one-sided test (target gain and each sentinel). "
+        "No correction across sentinels: they form an intersection-union test.",
+    )
+    sentinel_margin: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Non-inferiority margin for binary sentinels, in absolute accuracy "
+        "(0.05 = a drop of up to 5 points is tolerated).",
+    )
+    nll_margin: float = Field(
+        0.05,
+        gt=0.0,
+        description="Non-inferiority margin for NLL sentinels, in nats/token "
+        "(a mean per-token NLL increase of up to this is tolerated).",
+    )
+    require_target_gain: bool = Field(
+        True,
+        description="Reject unless the pooled target items improve significantly "
+        "(one-sided exact McNemar at alpha).",
+    )
+    max_loss_ratio: float = Field(
+        3.0,
+        gt=0.0,
+        description="Reject if the last training loss exceeds this multiple of the first.",
+    )
+    metric: BinaryMetric = Field(
+        "correct",
+        description="Binary outcome: 'correct' (answer extracted) or 'strict' (correct and "
+        "format_ok; records with format_ok None count on `correct` alone).",
+    )
+
+
+class GateDecision(BaseModel):
+    accepted: bool
+    reasons: list[str] = Field(
+        description="One line per check, 'ok:' or 'rejected:', naming the test and numbers."
+    )
+    target: TargetResult | None
+    sentinels: list[SentinelResult]
+    loss_ok: bool
+    config: GateConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_bools(xs: Sequence[Any], name: str) -> np.ndarray:
+    arr = np.asarray(xs)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if not np.all(np.isin(arr, (0, 1))):
+            raise ValueError(f"{name} must hold booleans (or 0/1)")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _paired_bools(before: Sequence[Any], after: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _as_bools(before, "before"), _as_bools(after, "after")
+    if len(x) != len(y):
+        raise ValueError(f"before and after differ in length ({len(x)} vs {len(y)})")
+    if len(x) == 0:
+        raise ValueError("no paired items")
+    return x, y
+
+
+def _paired_floats(before: Sequence[float], after: Sequence[float]) -> np.ndarray:
+    x = np.asarray(before, dtype=float)
+    y = np.asarray(after, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"before and after must be 1-D of equal length ({x.shape} vs {y.shape})")
+    if len(x) == 0:
+        raise ValueError("no paired items")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("before/after contain non-finite values; drop or handle them first")
+    return y - x
+
+
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_paired_ci(
+    n_both: int, b: int, c: int, n_neither: int, *, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) interval for p_after − p_before on paired binary data.
+
+    Combines the Wilson intervals of the two marginal rates with their correlation φ
+    (of the before/after indicators), which is what makes it a *paired* interval. Good
+    coverage near 0 and 1 and with few discordant pairs, where the Wald interval fails.
+    """
+    n = n_both + b + c + n_neither
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    k_after, k_before = n_both + c, n_both + b
+    p2, p1 = k_after / n, k_before / n
+    l2, u2 = _wilson(k_after, n, z)
+    l1, u1 = _wilson(k_before, n, z)
+    # φ between the indicators; 0 when a margin is constant (no correlation defined).
+    den = (n_both + b) * (c + n_neither) * (n_both + c) * (b + n_neither)
+    phi = (n_both * n_neither - b * c) / math.sqrt(den) if den > 0 else 0.0
+    d = p2 - p1
+    lo = d - math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    hi = d + math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+def mcnemar_exact(
+    before: Sequence[bool],
+    after: Sequence[bool],
+    *,
+    alternative: Alternative = "two-sided",
+    confidence: float = 0.95,
+) -> PairedBinaryTest:
+    """Exact McNemar test of paired binary outcomes on the same items.
+
+    Args:
+        before: Outcome per item before the round (True = correct).
+        after: Outcome per item after, same order.
+        alternative: Which p-value goes in ``p_value``: ``"greater"`` = after better.
+            All three are always reported.
+        confidence: Level of the Newcombe interval for the difference in rates.
+
+    Returns:
+        The counts, the difference ``after − before`` with its Newcombe interval, and
+        exact binomial p-values on the ``b + c`` discordant pairs. With no discordant
+        pairs every p-value is 1.
+    """
+    x, y = _paired_bools(before, after)
+    n = len(x)
+    n_both = int(np.sum(x & y))
+    b = int(np.sum(x & ~y))
+    c = int(np.sum(~x & y))
+    n_neither = n - n_both - b - c
+    m = b + c
+    if m == 0:
+        p2s = pg = pl = 1.0
+    else:
+        p2s = float(stats.binomtest(c, m, 0.5, alternative="two-sided").pvalue)
+        pg = float(stats.binomtest(c, m, 0.5, alternative="greater").pvalue)
+        pl = float(stats.binomtest(c, m, 0.5, alternative="less").pvalue)
+    p = {"two-sided": p2s, "greater": pg, "less": pl}[alternative]
+    null = {
+        "two-sided": "P(wrong→right) = P(right→wrong), i.e. p_after = p_before",
+        "greater": "P(wrong→right) ≤ P(right→wrong), i.e. p_after ≤ p_before",
+        "less": "P(wrong→right) ≥ P(right→wrong), i.e. p_after ≥ p_before",
+    }[alternative]
+    return PairedBinaryTest(
+        null=null,
+        alternative=alternative,
+        n=n,
+        n_both=n_both,
+        b=b,
+        c=c,
+        n_neither=n_neither,
+        before_rate=float(np.mean(x)),
+        after_rate=float(np.mean(y)),
+        delta=(c - b) / n,
+        delta_ci=newcombe_paired_ci(n_both, b, c, n_neither, confidence=confidence),
+        confidence=confidence,
+        statistic=float(c),
+        p_value=p,
+        p_two_sided=p2s,
+        p_greater=pg,
+        p_less=pl,
+    )
+
+
+def paired_bootstrap(
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    n_boot: int = 10000,
+    seed: int = 0,
+    alternative: Alternative = "greater",
+    confidence: float = 0.95,
+) -> BootstrapTest:
+    """Paired bootstrap of the mean difference ``d = after − before``.
+
+    Items are resampled with replacement (pairs stay together). The CI is the percentile
+    interval of the bootstrap means. The p-value uses the *shift-to-null* method: the
+    bootstrap means recentred on 0, ``m* − m̂``, approximate the sampling distribution of
+    the mean under H0 (mean difference 0), so for ``"greater"``
+    ``p = (1 + #{m* − m̂ ≥ m̂}) / (n_boot + 1)``; ``"less"`` counts ``≤ m̂``, and
+    ``"two-sided"`` counts ``|m* − m̂| ≥ |m̂|``. The ``+1`` keeps p > 0 and the test valid
+    with a finite ``n_boot``. Like the z-test it resembles, it is slightly liberal for
+    small n (roughly n < 30); prefer a t-test there.
+    """
+    d = _paired_floats(before, after)
+    n = len(d)
+    if n_boot < 1:
+        raise ValueError("n_boot must be at least 1")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    # Chunk the (n_boot, n) index matrix so memory stays ~ 8 MB whatever n is.
+    chunk = max(1, 1_000_000 // n)
+    for s in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - s)
+        idx = rng.integers(0, n, size=(k, n))
+        means[s : s + k] = d[idx].mean(axis=1)
+    m = float(d.mean())
+    shifted = means - m
+    if alternative == "greater":
+        hits = int(np.sum(shifted >= m))
+        null = "mean(after − before) ≤ 0"
+    elif alternative == "less":
+        hits = int(np.sum(shifted <= m))
+        null = "mean(after − before) ≥ 0"
+    else:
+        hits = int(np.sum(np.abs(shifted) >= abs(m)))
+        null = "mean(after − before) = 0"
+    q = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [q, 1 - q])
+    return BootstrapTest(
+        null=null,
+        alternative=alternative,
+        n=n,
+        mean_before=float(np.mean(before)),
+        mean_after=float(np.mean(after)),
+        statistic=m,
+        ci=(float(lo), float(hi)),
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+        p_value=(1 + hits) / (n_boot + 1),
+    )
+
+
+def tango_restricted_mle(b: int, c: int, n: int, delta0: float) -> float:
+    """MLE of P(right→wrong) under the constraint P(wrong→right) − P(right→wrong) = delta0.
+
+    Root of ``2n q² + (−b − c + (2n − c + b)·δ0) q − b·δ0(1 − δ0) = 0`` (Tango 1998), the
+    stationary point of the multinomial likelihood on the constrained line.
+    """
+    a2 = 2.0 * n
+    a1 = -b - c + (2.0 * n - c + b) * delta0
+    a0 = -b * delta0 * (1.0 - delta0)
+    disc = max(0.0, a1 * a1 - 4.0 * a2 * a0)
+    return (-a1 + math.sqrt(disc)) / (2.0 * a2)
+
+
+def noninferiority_binary(
+    before: Sequence[bool],
+    after: Sequence[bool],
+    margin: float,
+    *,
+    alpha: float = 0.05,
+    metric: str = "accuracy",
+) -> NonInferiorityTest:
+    """Non-inferiority of paired binary outcomes: H0 p_after − p_before ≤ −margin.
+
+    Uses Tango's (1998) score test: with δ0 = −margin and q̃ the restricted MLE of
+    P(right→wrong) under H0 (:func:`tango_restricted_mle`),
+    ``Z = (c − b − n·δ0) / sqrt(n·(2q̃ + δ0(1 − δ0)))``, p = 1 − Φ(Z). The variance is
+    estimated *under the null*, so it stays positive when few pairs are discordant — the
+    Wald statistic with the observed paired variance ``((b+c)/n − (c−b)²/n²)/n`` is
+    infinite at b = c = 0 and clearly liberal when b + c is small, and the exact
+    (unconditional) alternatives cost a nuisance-parameter maximisation per call for
+    little gain at gate sizes (n ≥ 100). Size at the boundary is checked by simulation in
+    the tests. ``ci`` is Newcombe's 1 − 2α interval (informational; the decision is the
+    score test's).
+    """
+    if not 0.0 < margin < 1.0:
+        raise ValueError(f"margin must be in (0, 1), got {margin}")
+    x, y = _paired_bools(before, after)
+    n = len(x)
+    n_both = int(np.sum(x & y))
+    b = int(np.sum(x & ~y))
+    c = int(np.sum(~x & y))
+    n_neither = n - n_both - b - c
+    delta0 = -margin
+    q = tango_restricted_mle(b, c, n, delta0)
+    var = n * (2.0 * q + delta0 * (1.0 - delta0))
+    z = (c - b - n * delta0) / math.sqrt(var) if var > 0 else math.inf
+    p = float(stats.norm.sf(z))
+    return NonInferiorityTest(
+        test="Tango score test for paired proportions (one-sided, non-inferiority)",
+        null=f"p_after − p_before ≤ −{margin:g}",
+        metric=metric,
+        higher_is_better=True,
+        n=n,
+        before_mean=float(np.mean(x)),
+        after_mean=float(np.mean(y)),
+        margin=margin,
+        estimate=(c - b) / n,
+        ci=newcombe_paired_ci(n_both, b, c, n_neither, confidence=1 - 2 * alpha),
+        statistic=float(z),
+        p_value=p,
+        alpha=alpha,
+        non_inferior=p <= alpha,
+        b=b,
+        c=c,
+    )
+
+
+def noninferiority_mean(
+    before: Sequence[float],
+    after: Sequence[float],
+    margin: float,
+    *,
+    higher_is_better: bool,
+    alpha: float = 0.05,
+    metric: str = "mean",
+) -> NonInferiorityTest:
+    """Paired one-sided t-test of non-inferiority for a continuous metric.
+
+    With the improvement ``u = after − before`` (``before − after`` when lower is better,
+    e.g. NLL), H0: mean(u) ≤ −margin, t = (ū + margin)/(s_u/√n) on n − 1 df. ``margin`` is
+    in the metric's units (nats/token for NLL). Identical to
+    ``scipy.stats.ttest_1samp(u, -margin, alternative="greater")``. If every difference
+    is equal (s_u = 0) the decision is exact: non-inferior iff ū > −margin.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be non-negative, got {margin}")
+    d = _paired_floats(before, after)
+    u = d if higher_is_better else -d
+    n = len(u)
+    mean = float(u.mean())
+    sd = float(u.std(ddof=1)) if n > 1 else math.nan
+    if n > 1 and sd > 0:
+        se = sd / math.sqrt(n)
+        t = (mean + margin) / se
+        p = float(stats.t.sf(t, n - 1))
+        h = float(stats.t.ppf(1 - alpha, n - 1)) * se
+        ci = (mean - h, mean + h)
+    elif n > 1:  # all differences equal: no sampling noise to test against
+        t = math.copysign(math.inf, mean + margin) if mean + margin != 0 else 0.0
+        p = 0.0 if mean > -margin else 1.0
+        ci = (mean, mean)
+    else:
+        t, p, ci = math.nan, 1.0, (math.nan, math.nan)
+    direction = "after − before" if higher_is_better else "before − after"
+    return NonInferiorityTest(
+        test="paired t-test (one-sided, non-inferiority)",
+        null=f"mean({direction}) ≤ −{margin:g}",
+        metric=metric,
+        higher_is_better=higher_is_better,
+        n=n,
+        before_mean=float(np.mean(before)),
+        after_mean=float(np.mean(after)),
+        margin=margin,
+        estimate=mean,
+        ci=ci,
+        statistic=float(t),
+        df=float(n - 1),
+        p_value=p,
+        alpha=alpha,
+        non_inferior=p <= alpha,
+    )
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (same as statsmodels ``multipletests(method='holm')``)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adj = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adj[i] = running
+    return adj
+
+
+# ---------------------------------------------------------------------------------------------
+# Decision
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(rec: Any, field: str) -> Any:
+    """Read a field from an EvalRecord-like object or a plain dict (missing → None)."""
+    if isinstance(rec, Mapping):
+        return rec.get(field)
+    return getattr(rec, field, None)
+
+
+def _key(rec: Any) -> tuple[str, str]:
+    return (str(_get(rec, "suite")), str(_get(rec, "sample_id")))
+
+
+def _index(records: Sequence[Any], name: str) -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {}
+    for r in records:
+        k = _key(r)
+        if k in out:
+            raise ValueError(f"{name}: duplicate item (suite={k[0]!r}, sample_id={k[1]!r})")
+        out[k] = r
+    return out
+
+
+def _fmt_keys(keys: Sequence[tuple[str, str]], limit: int = 10) -> str:
+    shown = ", ".join(f"{s}/{i}" for s, i in sorted(keys)[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _pair(before: Sequence[Any], after: Sequence[Any]) -> list[tuple[Any, Any]]:
+    bi, ai = _index(before, "before"), _index(after, "after")
+    only_b = [k for k in bi if k not in ai]
+    only_a = [k for k in ai if k not in bi]
+    if only_b or only_a:
+        parts = []
+        if only_b:
+            parts.append(f"{len(only_b)} missing from after: {_fmt_keys(only_b)}")
+        if only_a:
+            parts.append(f"{len(only_a)} missing from before: {_fmt_keys(only_a)}")
+        raise ValueError(
+            "before and after must score the same items (paired by suite, sample_id); "
+            + "; ".join(parts)
+        )
+    pairs = []
+    for k, rb in bi.items():
+        ra = ai[k]
+        hb, ha = _get(rb, "input_hash"), _get(ra, "input_hash")
+        if hb is not None and ha is not None and hb != ha:
+            raise ValueError(
+                f"item {k[0]}/{k[1]} has different inputs before and after "
+                f"(input_hash {hb} vs {ha}); the evaluation sets are not the same"
+            )
+        pairs.append((rb, ra))
+    return pairs
+
+
+def _outcome(rec: Any, metric: BinaryMetric) -> bool:
+    ok = bool(_get(rec, "correct"))
+    if metric == "strict":
+        fmt = _get(rec, "format_ok")
+        return ok and (fmt is None or bool(fmt))
+    return ok
+
+
+def _is_binary(rec: Any) -> bool:
+    # Decided on the *before* record; an after record with ``correct`` None (unscored)
+    # counts as wrong, so a broken evaluation cannot drop items from a test.
+    return _get(rec, "mode") != "nll" and _get(rec, "correct") is not None
+
+
+def _target(
+    pairs: list[tuple[Any, Any]],
+    target_categories: Sequence[tuple[str, str]],
+    config: GateConfig,
+) -> TargetResult:
+    wanted = {(str(s), str(c)) for s, c in target_categories}
+    by_cat: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
+    for rb, ra in pairs:
+        cat = (str(_get(rb, "suite")), str(_get(rb, "category")))
+        if cat in wanted and _is_binary(rb):
+            by_cat[cat].append((_outcome(rb, config.metric), _outcome(ra, config.metric)))
+    missing = sorted(wanted - set(by_cat))
+    if missing:
+        raise ValueError(
+            "target categories with no scored (binary) items: "
+            + ", ".join(f"{s}/{c}" for s, c in missing)
+        )
+    cats = sorted(by_cat)
+    tests = [
+        mcnemar_exact([p[0] for p in by_cat[k]], [p[1] for p in by_cat[k]], alternative="greater")
+        for k in cats
+    ]
+    adj = holm([t.p_greater for t in tests])
+    pooled_pairs = [p for k in cats for p in by_cat[k]]
+    pooled = mcnemar_exact(
+        [p[0] for p in pooled_pairs], [p[1] for p in pooled_pairs], alternative="greater"
+    )
+    return TargetResult(
+        pooled=pooled,
+        per_category=[
+            CategoryTest(suite=k[0], category=k[1], test=t, p_holm=a)
+            for k, t, a in zip(cats, tests, adj, strict=True)
+        ],
+        significant=pooled.p_greater <= config.alpha,
+    )
+
+
+def _sentinels(
+    pairs: list[tuple[Any, Any]], sentinel_suites: Sequence[str], config: GateConfig
+) -> list[SentinelResult]:
+    out: list[SentinelResult] = []
+    for suite in sentinel_suites:
+        rows = [(rb, ra) for rb, ra in pairs if _get(rb, "suite") == suite]
+        if not rows:
+            raise ValueError(f"sentinel suite {suite!r} has no records in the evaluation")
+        binary = [(rb, ra) for rb, ra in rows if _is_binary(rb)]
+        nll = [(rb, ra) for rb, ra in rows if _get(rb, "mode") == "nll"]
+        if not binary and not nll:
+            raise ValueError(
+                f"sentinel suite {suite!r} has neither binary (`correct`) nor NLL-mode records"
+            )
+        if binary:
+            t = noninferiority_binary(
+                [_outcome(rb, config.metric) for rb, _ in binary],
+                [_outcome(ra, config.metric) for _, ra in binary],
+                config.sentinel_margin,
+                alpha=config.alpha,
+                metric=config.metric,
+            )
+            out.append(SentinelResult(suite=suite, kind="binary", test=t, passed=t.non_inferior))
+        if nll:
+            out.append(_nll_sentinel(suite, nll, config))
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def _nll_sentinel(suite: str, rows: list[tuple[Any, Any]], config: GateConfig) -> SentinelResult:
+    # An item the old model scored but the new one cannot (NaN/inf) is a breakdown, not
+    # missing data: fail the sentinel rather than drop it.
+    broken = [
+        _key(rb)
+        for rb, ra in rows
+        if _finite(_get(rb, "ref_nll")) and not _finite(_get(ra, "ref_nll"))
+    ]
+    if broken:
+        return SentinelResult(
+            suite=suite,
+            kind="nll",
+            test=None,
+            passed=False,
+            note=f"{len(broken)} items have non-finite ref_nll after the round: {_fmt_keys(broken)}",
+        )
+    usable = [
+        (float(_get(rb, "ref_nll")), float(_get(ra, "ref_nll")))
+        for rb, ra in rows
+        if _finite(_get(rb, "ref_nll")) and _finite(_get(ra, "ref_nll"))
+    ]
+    if len(usable) < 2:
+        return SentinelResult(
+            suite=suite,
+            kind="nll",
+            test=None,
+            passed=False,
+            note=f"only {len(usable)} items with finite ref_nll; cannot test non-inferiority",
+        )
+    t = noninferiority_mean(
+        [u[0] for u in usable],
+        [u[1] for u in usable],
+        config.nll_margin,
+        higher_is_better=False,
+        alpha=config.alpha,
+        metric="ref_nll",
+    )
+    dropped = len(rows) - len(usable)
+    note = (
+        f"{dropped} items without a finite ref_nll before the round were skipped" if dropped else ""
+    )
+    return SentinelResult(suite=suite, kind="nll", test=t, passed=t.non_inferior, note=note)
+
+
+def check_losses(train_losses: Sequence[float] | None, max_loss_ratio: float) -> tuple[bool, str]:
+    """Training health: all losses finite and last ≤ ``max_loss_ratio`` × first.
+
+    ``None`` means "not supplied" and passes; an empty sequence fails (training that
+    recorded no loss did not happen as planned).
+    """
+    if train_losses is None:
+        return True, "ok: training losses not supplied; loss check skipped"
+    losses = [float(v) for v in train_losses]
+    if not losses:
+        return False, "rejected: training recorded no losses"
+    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        return False, (
+            f"rejected: {len(bad)} non-finite training losses (first at step {bad[0]}: "
+            f"{losses[bad[0]]})"
+        )
+    first, last = losses[0], losses[-1]
+    if last > max_loss_ratio * first:
+        return False, (
+            f"rejected: training diverged, last loss {last:.4g} > {max_loss_ratio:g} × "
+            f"first {first:.4g}"
+        )
+    return True, f"ok: training losses finite, last {last:.4g} vs first {first:.4g}"
+
+
+def decide(
+    before: Sequence[Any],
+    after: Sequence[Any],
+    *,
+    target_categories: Sequence[tuple[str, str]],
+    sentinel_suites: Sequence[str],
+    config: GateConfig,
+    train_losses: Sequence[float] | None = None,
+) -> GateDecision:
+    """Accept or reject a round from per-item records before and after it.
+
+    Args:
+        before: :class:`~selfimprove.evaluate.EvalRecord` objects or plain dicts with the
+            same fields, scored with the pre-round model.
+        after: The same items scored with the post-round model.
+        target_categories: ``(suite, category)`` pairs the round aimed to improve.
+        sentinel_suites: Suites that must not regress. Binary records (``correct`` set)
+            are tested with :func:`noninferiority_binary` at ``sentinel_margin``; records
+            of mode ``"nll"`` with :func:`noninferiority_mean` on ``ref_nll`` (lower is
+            better) at ``nll_margin``. A suite with both kinds gets both tests.
+        config: Levels and margins.
+        train_losses: Per-step training losses of the round, if any.
+
+    Returns:
+        The decision, one reason line per check, and every test's full result.
+
+    Raises:
+        ValueError: The two record sets do not hold the same (suite, sample_id) items, an
+            item's input changed, a target category or sentinel suite has no records, or
+            ``require_target_gain`` is set with no target categories.
+
+    The gate accepts iff the pooled target test is significant (when required), every
+    sentinel shows non-inferiority, and the losses are healthy. No multiplicity correction
+    is applied across sentinels: requiring all of them to pass is an intersection-union
+    test, whose level is α without correction (see the module docstring).
+    """
+    if config.require_target_gain and not target_categories:
+        raise ValueError("require_target_gain is set but no target_categories were given")
+    pairs = _pair(before, after)
+    reasons: list[str] = []
+    accepted = True
+
+    target = _target(pairs, target_categories, config) if target_categories else None
+    if target is not None:
+        t = target.pooled
+        line = (
+            f"target gain: exact McNemar one-sided on {t.n} pooled items, "
+            f"{t.before_rate:.3f} → {t.after_rate:.3f} (Δ {t.delta:+.3f}, "
+            f"{t.confidence:.0%} CI [{t.delta_ci[0]:+.3f}, {t.delta_ci[1]:+.3f}]), "
+            f"b={t.b} right→wrong, c={t.c} wrong→right, p={t.p_greater:.3g} vs α={config.alpha:g}"
+        )
+        if target.significant:
+            reasons.append("ok: " + line)
+        elif config.require_target_gain:
+            accepted = False
+            reasons.append("rejected: no significant " + line)
+        else:
+            reasons.append("ok (not required): no significant " + line)
+
+    sentinels = _sentinels(pairs, sentinel_suites, config)
+    for s in sentinels:
+        if s.test is None:
+            reasons.append(f"rejected: sentinel {s.suite} ({s.kind}): {s.note}")
+            accepted = False
+            continue
+        nt = s.test
+        unit = "nats/token" if s.kind == "nll" else "accuracy"
+        line = (
+            f"sentinel {s.suite} ({nt.metric}): {nt.test}, n={nt.n}, "
+            f"{nt.before_mean:.3f} → {nt.after_mean:.3f}, improvement {nt.estimate:+.3f} "
+            f"(CI [{nt.ci[0]:+.3f}, {nt.ci[1]:+.3f}]), margin {nt.margin:g} {unit}, "
+            f"stat={nt.statistic:.3g}, p={nt.p_value:.3g} vs α={nt.alpha:g}"
+        )
+        if s.note:
+            line += f"; {s.note}"
+        if s.passed:
+            reasons.append("ok: non-inferior, " + line)
+        else:
+            accepted = False
+            reasons.append("rejected: non-inferiority not shown, " + line)
+
+    loss_ok, loss_line = check_losses(train_losses, config.max_loss_ratio)
+    reasons.append(loss_line)
+    accepted = accepted and loss_ok
+    log.info("gate %s: %s", "accepted" if accepted else "rejected", "; ".join(reasons))
+    return GateDecision(
+        accepted=accepted,
+        reasons=reasons,
+        target=target,
+        sentinels=sentinels,
+        loss_ok=loss_ok,
+        config=config,
+    )

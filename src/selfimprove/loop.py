@@ -1,0 +1,493 @@
+"""The closed loop: evaluate -> weak areas -> targeted data -> LoRA -> re-evaluate -> gate.
+
+One ``selfimprove run`` is R rounds x two arms with the same example budget:
+
+* ``targeted``: data from the weak categories of the arm's current accepted model;
+* ``random``: the same number of examples drawn uniformly across all skill categories
+  (the control that turns "error-driven works" from an assumption into a measurement).
+
+Each round re-trains from the *base* model on the arm's *accumulated* verified data (STaR /
+ReST-EM: accumulate, do not replace), evaluates the candidate on the same fixed items as
+the baseline, and asks the gate (:mod:`selfimprove.gate`) for a paired decision. Accepted
+adapters become the arm's current model; rejected ones are kept for inspection only.
+
+Resume: every phase writes its artifact atomically and then marks itself done in
+``state.json``; evaluation phases append records in chunks. ``resume`` skips finished
+phases and finished evaluation items, so a kill at any point loses at most one chunk of
+evaluation or one training run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfimprove.engine import Engine
+from selfimprove.evaluate import (
+    EvalRecord,
+    Item,
+    ProgressHook,
+    aggregate,
+    evaluate_items,
+    plan_items,
+    resolve_suites,
+)
+from selfimprove.models import LoadedModel, attach_adapter, load_model
+from selfimprove.runtime import resolve_runtime
+from selfimprove.store import RunStore, atomic_write_text, collect_provenance
+from selfimprove.synth import Funnel, random_control_samples, templated_variations
+from selfimprove.tasks.never_train import NeverTrainRegistry
+from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas
+
+log = logging.getLogger(__name__)
+
+Arm = Literal["targeted", "random"]
+SENTINELS = [
+    "sentinel_math",
+    "sentinel_reasoning",
+    "sentinel_format",
+    "refusal",
+    "benign_control",
+    "general_nll",
+]
+
+
+class LoopConfig(BaseModel):
+    """Settings of ``selfimprove run`` (the ``loop:`` section of selfimprove.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rounds: int = Field(3, ge=1, le=20, description="Improvement rounds per arm.")
+    budget: int = Field(160, ge=4, description="New training examples per round per arm.")
+    arms: list[Arm] = Field(default_factory=lambda: ["targeted", "random"])
+    skill_suites: list[str] = Field(default_factory=lambda: ["skills"])
+    sentinel_suites: list[str] = Field(default_factory=lambda: list(SENTINELS))
+    eval_n: int = Field(40, ge=4, description="Fixed evaluation items per skill suite.")
+    sentinel_n: int = Field(40, ge=4, description="Fixed evaluation items per sentinel suite.")
+    weakness: WeaknessConfig = Field(default_factory=WeaknessConfig)
+    weight_policy: Literal["uniform", "confidence", "inverse"] = "uniform"
+    seed: int = 0
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of selfimprove.train.TrainConfig fields."
+    )
+    gate: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of selfimprove.gate.GateConfig fields."
+    )
+
+
+class ArmRound(BaseModel):
+    """What one round of one arm did."""
+
+    round: int
+    arm: Arm
+    weak_areas: list[WeakArea] = Field(default_factory=list)
+    targets: list[tuple[str, str]] = Field(default_factory=list)
+    funnel: Funnel = Field(default_factory=Funnel)
+    n_train: int = 0
+    train: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] = Field(default_factory=dict)
+    accepted: bool = False
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class LoopState(BaseModel):
+    done: list[str] = Field(default_factory=list)
+    rounds: list[ArmRound] = Field(default_factory=list)
+    current: dict[str, str | None] = Field(default_factory=dict)  # arm -> accepted adapter dir
+
+
+class LoopResult(BaseModel):
+    run_id: str
+    run_dir: str
+    rounds: list[ArmRound]
+    summary: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _key(r: EvalRecord | dict[str, Any]) -> tuple[str, str]:
+    if isinstance(r, dict):
+        return (r["suite"], r["sample_id"])
+    return (r.suite, r.sample_id)
+
+
+class _Phases:
+    """Phase bookkeeping in ``state.json`` (atomic rewrite after every phase)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "state.json"
+        self.state = (
+            LoopState.model_validate_json(self.path.read_text())
+            if self.path.is_file()
+            else LoopState()
+        )
+
+    def done(self, name: str) -> bool:
+        return name in self.state.done
+
+    def mark(self, name: str) -> None:
+        if name not in self.state.done:
+            self.state.done.append(name)
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.path, self.state.model_dump_json(indent=1))
+
+
+def _eval_phase(
+    store: RunStore,
+    run_id: str,
+    name: str,
+    engine: Engine,
+    items: Sequence[Item],
+    gen: Any,
+    seed: int,
+    hook: ProgressHook,
+) -> list[EvalRecord]:
+    """Evaluate ``items`` into ``<name>.jsonl`` in chunks, skipping items already stored."""
+    fname = f"{name}.jsonl"
+    path = store.run_dir(run_id) / fname
+    have = store.read_records(run_id, fname, skip_corrupt=True) if path.is_file() else []
+    done = {_key(r) for r in have}
+    todo = [it for it in items if (it[0], it[2].id) not in done]
+    hook.start(len(todo), name)
+    chunk = gen.batch_size * 4
+    for start in range(0, len(todo), chunk):
+        recs = evaluate_items(
+            engine,
+            todo[start : start + chunk],
+            max_new_tokens=gen.max_new_tokens,
+            batch_size=gen.batch_size,
+            seed=seed,
+            stop_after_answer_line=gen.stop_after_answer_line,
+            progress=hook.advance,
+        )
+        store.append_records(run_id, fname, [r.model_dump(mode="json") for r in recs])
+    return [
+        EvalRecord.model_validate(r) for r in store.read_records(run_id, fname, skip_corrupt=True)
+    ]
+
+
+def _with_adapter(base: LoadedModel, adapter: str | None) -> LoadedModel:
+    if adapter is None:
+        return base
+    # PEFT injects LoRA layers into the wrapped modules: work on a copy, keep the base clean.
+    clone = LoadedModel(
+        copy.deepcopy(base.model), base.tokenizer, base.name, base.source, base.weights_hash
+    )
+    return attach_adapter(clone, adapter)
+
+
+def _target_accuracy(
+    records: Sequence[EvalRecord], targets: Sequence[tuple[str, str]], metric: str
+) -> float | None:
+    rs = [r for r in records if (r.suite, r.category) in set(targets) and r.correct is not None]
+    if not rs:
+        return None
+    ok = [bool(r.correct and r.format_ok) if metric == "strict" else bool(r.correct) for r in rs]
+    return sum(ok) / len(ok)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_loop(
+    cfg: Any, *, resume: str | None = None, hook: ProgressHook | None = None
+) -> LoopResult:
+    """Run (or resume) the closed loop described by ``cfg.loop``; returns per-round results."""
+    from selfimprove.gate import GateConfig, decide
+    from selfimprove.train import TrainConfig, TrainExample, compute_weights, train_lora
+
+    hook = hook or ProgressHook()
+    lcfg: LoopConfig = cfg.loop
+    store = RunStore(cfg.store.root)
+    store.mark_stale_running()
+    if resume is not None:
+        prev = store.get_run(resume)
+        if prev.kind != "run":
+            from selfimprove.errors import StoreError
+
+            raise StoreError(f"Run {prev.id} is a {prev.kind!r} run, not a `selfimprove run`.")
+        from selfimprove.config import Config
+
+        cfg = Config.model_validate(prev.config)
+        lcfg = cfg.loop
+    train_cfg = TrainConfig(
+        **{"seed": lcfg.seed, "weight_policy": lcfg.weight_policy, **lcfg.train}
+    )
+    # the gate measures the same accuracy that picked the weak areas
+    gate_metric = "strict" if lcfg.weakness.metric == "strict" else "correct"
+    gate_cfg = GateConfig(**{"metric": gate_metric, **lcfg.gate})
+
+    skills = resolve_suites(lcfg.skill_suites)
+    sentinels = resolve_suites(lcfg.sentinel_suites)
+    plan = plan_items(skills, lcfg.eval_n, lcfg.seed) + plan_items(
+        sentinels, lcfg.sentinel_n, lcfg.seed
+    )
+    items: list[Item] = [(su.name, t, x) for su, t, xs in plan for x in xs]
+    sentinel_names = [s.name for s in sentinels]
+
+    hook.phase(f"Loading model {cfg.model.name}")
+    runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
+    base = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+
+    registry_path = store.root / "never_train.json"
+    registry_path.parent.mkdir(parents=True, exist_ok=True)
+    registry = (
+        NeverTrainRegistry.load(registry_path) if registry_path.is_file() else NeverTrainRegistry()
+    )
+    for su, _t, xs in plan:
+        registry.add(xs, source=f"eval:{su.name}")
+    registry.save(registry_path)
+
+    if resume is not None:
+        ctx = store.resume(prev.id)
+    else:
+        prov = collect_provenance(
+            {
+                "runtime": runtime.describe(),
+                "model_source": base.source,
+                "model_hash": base.weights_hash,
+            }
+        )
+        ctx = store.track(
+            "run",
+            config=cfg.model_dump(mode="json"),
+            seed=lcfg.seed,
+            model=base.name,
+            provenance=prov,
+        )
+
+    with ctx as info:
+        run_id = info.id
+        run_dir = store.run_dir(run_id)
+        phases = _Phases(run_dir)
+        gen = cfg.generation
+
+        def engine_for(adapter: str | None) -> Engine:
+            return Engine(
+                _with_adapter(base, adapter), runtime=runtime, system_prompt=cfg.model.system_prompt
+            )
+
+        t = time.time()
+        hook.phase("Baseline evaluation")
+        baseline = _eval_phase(
+            store, run_id, "eval_r0_base", engine_for(None), items, gen, lcfg.seed, hook
+        )
+        if not phases.done("r0/baseline"):
+            store.write_json(
+                run_id,
+                "metrics_r0_base.json",
+                [m.model_dump(mode="json") for m in aggregate(baseline)],
+            )
+            phases.mark("r0/baseline")
+        base_secs = time.time() - t
+        evals: dict[str, list[EvalRecord]] = {arm: baseline for arm in lcfg.arms}
+        for arm in lcfg.arms:
+            phases.state.current.setdefault(arm, None)
+            cur = phases.state.current[arm]
+            if cur is not None:  # resumed: the arm's accepted model's records
+                name = Path(cur).name
+                evals[arm] = [
+                    EvalRecord.model_validate(r)
+                    for r in store.read_records(run_id, f"eval_{name}.jsonl")
+                ]
+        by_round = {(r.round, r.arm): r for r in phases.state.rounds}
+
+        for rnd in range(1, lcfg.rounds + 1):
+            for arm in lcfg.arms:
+                tag = f"r{rnd}_{arm}"
+                ar = by_round.get((rnd, arm)) or ArmRound(round=rnd, arm=arm)
+                if (rnd, arm) not in by_round:
+                    phases.state.rounds.append(ar)
+                    by_round[(rnd, arm)] = ar
+                hook.phase(f"Round {rnd} · {arm} arm")
+                data_file = f"data_{tag}.jsonl"
+                # -- weak areas + targeted data
+                if not phases.done(f"{tag}/data"):
+                    t = time.time()
+                    seed_key = f"train:{lcfg.seed}:{rnd}:{arm}"
+                    prev_data = (
+                        store.read_records(run_id, f"data_r{rnd - 1}_{arm}.jsonl")
+                        if rnd > 1
+                        else []
+                    )
+                    seen = {r["input_hash"] for r in prev_data}
+                    if arm == "targeted":
+                        areas = rank_weak_areas(
+                            evals[arm], lcfg.weakness, exclude_suites=sentinel_names
+                        )
+                        ar.weak_areas = [a for a in areas if a.selected] or areas[
+                            : lcfg.weakness.top_k
+                        ]
+                        ar.targets = [(a.suite, a.category) for a in ar.weak_areas]
+                        hook.phase(
+                            "Weak areas: "
+                            + ", ".join(
+                                f"{s}/{c} ({a.error_rate:.0%})"
+                                for (s, c), a in zip(ar.targets, ar.weak_areas, strict=True)
+                            )
+                        )
+                        new, funnel = templated_variations(
+                            ar.targets, lcfg.budget, seed_key=seed_key, registry=registry, seen=seen
+                        )
+                    else:
+                        new, funnel = random_control_samples(
+                            lcfg.budget,
+                            seed_key=seed_key,
+                            registry=registry,
+                            seen=seen,
+                            suites=[s.name for s in skills],
+                        )
+                        # the control is judged on the same categories as the targeted arm
+                        tgt = by_round.get((rnd, "targeted"))
+                        ar.targets = list(tgt.targets) if tgt is not None else []
+                    ar.funnel = funnel
+                    rows = prev_data + [
+                        {
+                            "id": s.id,
+                            "suite": t_.name.split(".")[0],
+                            "category": s.category,
+                            "input_hash": s.input_hash(),
+                            "prompt": s.input
+                            if isinstance(s.input, str)
+                            else [m.model_dump() for m in s.input],
+                            "completion": t_.reference(s),
+                            "round": rnd,
+                        }
+                        for t_, s in new
+                    ]
+                    store.write_records(run_id, data_file, rows)
+                    ar.seconds["data"] = round(time.time() - t, 1)
+                    hook.phase(
+                        f"Targeted data: drew {funnel.drawn}, kept {funnel.kept} new; {len(rows)} accumulated"
+                    )
+                    phases.mark(f"{tag}/data")
+                rows = store.read_records(run_id, data_file)
+                ar.n_train = len(rows)
+                adapter_dir = run_dir / "adapters" / tag
+                # -- training (from the base model, on the accumulated data)
+                if not phases.done(f"{tag}/train"):
+                    t = time.time()
+                    examples = [
+                        TrainExample(
+                            prompt=r["prompt"], completion=r["completion"], source=arm, id=r["id"]
+                        )
+                        for r in rows
+                    ]
+                    if train_cfg.weight_policy != "uniform":
+                        ref = engine_for(None).continuation_nll(
+                            [e.prompt for e in examples],
+                            [e.completion for e in examples],
+                            batch_size=gen.batch_size,
+                        )
+                        ws = compute_weights(
+                            [s.mean for s in ref],
+                            train_cfg.weight_policy,
+                            alpha=train_cfg.weight_alpha,
+                            clip=tuple(train_cfg.weight_clip),
+                        )
+                        examples = [
+                            e.model_copy(update={"weight": w})
+                            for e, w in zip(examples, ws, strict=True)
+                        ]
+                    hook.phase(f"Training LoRA on {len(examples)} examples")
+                    hook.start(1, "train")
+                    res = train_lora(
+                        base,
+                        examples,
+                        train_cfg,
+                        adapter_dir,
+                        runtime=runtime,
+                        never_train=registry,
+                    )
+                    hook.advance(1)
+                    ar.train = res.model_dump(mode="json")
+                    ar.seconds["train"] = round(time.time() - t, 1)
+                    phases.mark(f"{tag}/train")
+                # -- post-training evaluation on the same fixed items
+                t = time.time()
+                hook.phase("Post-training evaluation")
+                after = _eval_phase(
+                    store,
+                    run_id,
+                    f"eval_{tag}",
+                    engine_for(str(adapter_dir)),
+                    items,
+                    gen,
+                    lcfg.seed,
+                    hook,
+                )
+                ar.seconds["eval"] = ar.seconds.get("eval", 0.0) + round(time.time() - t, 1)
+                # -- gate
+                if not phases.done(f"{tag}/gate"):
+                    targets = ar.targets or [(a.suite, a.category) for a in ar.weak_areas]
+                    decision = decide(
+                        evals[arm],
+                        after,
+                        target_categories=targets,
+                        sentinel_suites=sentinel_names,
+                        config=gate_cfg,
+                        train_losses=ar.train.get("losses"),
+                    )
+                    ar.gate = decision.model_dump(mode="json")
+                    ar.accepted = decision.accepted
+                    if decision.accepted:
+                        phases.state.current[arm] = str(adapter_dir)
+                    phases.mark(f"{tag}/gate")
+                verdict = "ACCEPTED" if ar.accepted else "REJECTED"
+                hook.phase(f"Verdict: {verdict} — " + "; ".join(ar.gate.get("reasons", [])[:3]))
+                if ar.accepted:
+                    evals[arm] = after
+                phases.save()
+
+        summary = summarize(phases.state.rounds, baseline, evals, lcfg, base_secs)
+        store.write_json(
+            run_id, "summary_rounds.json", [r.model_dump(mode="json") for r in phases.state.rounds]
+        )
+        store.set_summary(run_id, summary)
+    return LoopResult(
+        run_id=run_id,
+        run_dir=str(store.run_dir(run_id)),
+        rounds=phases.state.rounds,
+        summary=summary,
+    )
+
+
+def summarize(
+    rounds: Sequence[ArmRound],
+    baseline: Sequence[EvalRecord],
+    evals: dict[str, list[EvalRecord]],
+    lcfg: LoopConfig,
+    base_secs: float,
+) -> dict[str, Any]:
+    """Headline numbers: target-category accuracy before/after per arm and the efficiency ratio."""
+    targets = sorted({t for r in rounds if r.arm == "targeted" for t in r.targets})
+    metric = lcfg.weakness.metric
+    out: dict[str, Any] = {"targets": [f"{s}/{c}" for s, c in targets], "metric": metric}
+    b = _target_accuracy(baseline, targets, metric)
+    out["target_acc_before"] = b
+    gains = {}
+    for arm, recs in evals.items():
+        a = _target_accuracy(recs, targets, metric)
+        out[f"target_acc_after_{arm}"] = a
+        n_ex = max((r.n_train for r in rounds if r.arm == arm and r.accepted), default=0)
+        gains[arm] = ((a - b) if (a is not None and b is not None) else None, n_ex)
+    out["accepted_rounds"] = {
+        arm: sum(r.accepted for r in rounds if r.arm == arm) for arm in lcfg.arms
+    }
+    g_t, n_t = gains.get("targeted", (None, 0))
+    g_r, n_r = gains.get("random", (None, 0))
+    if g_t is not None and g_r is not None and n_t and n_r and g_r > 0:
+        out["efficiency_ratio"] = (g_t / n_t) / (g_r / n_r)
+    else:
+        out["efficiency_ratio"] = None
+    out["baseline_eval_seconds"] = round(base_secs, 1)
+    return json.loads(json.dumps(out))

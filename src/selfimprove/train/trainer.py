@@ -1,0 +1,666 @@
+"""Confidence-weighted LoRA fine-tuning on CPU (single process or ``torchrun`` DDP).
+
+Method (DESIGN §5, "Weighted loss (verified recipe)"). Each example ``i`` has a weight
+``w_i`` and per-token NLLs ``nll_it`` on its completion tokens (mask ``m_it``). The loss of one
+optimizer step is
+
+    loss = Σ_i w_i Σ_t m_it · nll_it / N,      N = Σ_i Σ_t m_it over the *whole* step,
+
+i.e. over every micro-batch of the gradient-accumulation window and, under DDP, over every
+process. Normalising each micro-batch by its own token count and dividing by the number of
+accumulation steps (the old transformers bug, and what ``loss * weights.mean()`` gives) makes
+bs1×GA4 differ from bs4 whenever examples have different lengths. How it is wired into
+``transformers.Trainer`` (5.x):
+
+* :meth:`WeightedTrainer.get_batch_samples` prefetches the accumulation window and counts
+  ``N`` itself as ``labels[..., 1:] != -100`` (the causal shift: position 0 is never a target),
+  summed over processes with ``accelerator.gather``. Counting ourselves (instead of relying on
+  ``Trainer._get_num_items_in_batch``) keeps ``N`` right for models whose ``loss_type`` is not
+  ``ForCausalLM`` (GPT-2 reports ``None``, so transformers would count unshifted labels) or
+  whose forward has no ``**kwargs`` (then transformers counts nothing and passes ``None``).
+* :meth:`WeightedTrainer.compute_loss` returns ``Σ w·nll / N`` and the class sets
+  ``loss_is_scaled_for_ga = True`` so ``training_step`` does not divide by GA again. DDP
+  averages gradients over processes, so under DDP the loss is multiplied by the number of
+  processes (the same correction the built-in loss applies).
+* The ``weight`` column survives ``remove_unused_columns`` because ``_signature_columns`` is
+  extended with it; :class:`WeightedCollator` right-pads and stacks weights into ``(B,)``.
+
+:func:`train_lora` trains with the :class:`TrainExample` ``weight`` values exactly as given
+(0 mutes an example). It does not apply ``TrainConfig.weight_policy`` itself: call
+:func:`apply_weight_policy` first (reference NLL under the pre-round model, then
+:func:`selfimprove.train.weights.compute_weights`), or compute the weights yourself. Doing both
+would apply the policy twice.
+
+What it does not do: choose training data, evaluate, gate, or load adapters for inference
+(see :func:`selfimprove.models.attach_adapter`). ``loaded.model`` is never modified: LoRA wraps
+a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
+
+from selfimprove.engine import Engine
+from selfimprove.errors import ConfigError, DataError
+from selfimprove.models import LoadedModel
+from selfimprove.runtime import Runtime, resolve_runtime
+from selfimprove.tasks.base import ChatMessage, Sample
+from selfimprove.train.weights import WeightPolicy, compute_weights
+
+if TYPE_CHECKING:
+    from selfimprove.tasks.never_train import NeverTrainRegistry
+
+__all__ = [
+    "TokenizedDataset",
+    "TrainConfig",
+    "TrainExample",
+    "TrainResult",
+    "WeightedCollator",
+    "WeightedTrainer",
+    "apply_weight_policy",
+    "build_dataset",
+    "count_label_tokens",
+    "make_trainer",
+    "make_training_args",
+    "train_lora",
+    "weighted_causal_lm_loss",
+    "wrap_lora",
+]
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+ProgressCallbackFn = Callable[[int, int], None]  # (optimizer steps done, total steps)
+
+
+# ---------------------------------------------------------------------------- records
+class TrainExample(BaseModel):
+    """One supervised example: the model should answer ``prompt`` with ``completion``."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+    prompt: str | list[ChatMessage] = Field(description="Plain text (one user turn) or chat.")
+    completion: str = Field(description="Target reply; the loss covers it plus the EOS token.")
+    weight: float = Field(1.0, ge=0.0, description="Example weight (0 mutes the example).")
+    source: str = Field("", description="Where the example came from (provenance).")
+    id: str = Field("", description="Stable id, used in error messages.")
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one LoRA fine-tuning run (serialised into ``train_result.json``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha/r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Modules to adapt: 'all-linear' (every linear layer but the output head) "
+        "or a list of module-name suffixes such as ['q_proj', 'v_proj'].",
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: int = Field(2, ge=1, description="Passes over the training set.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(
+        256, ge=2, description="Max tokens per example; the prompt is cut from the left."
+    )
+    seed: int = Field(0, description="Seed for LoRA init and data order.")
+    weight_policy: WeightPolicy = Field(
+        "uniform",
+        description="Per-example weights from reference NLL: uniform, confidence (hard "
+        "examples weigh more) or inverse (easy examples weigh more). Applied by "
+        "apply_weight_policy(), not by train_lora().",
+    )
+    weight_alpha: float = Field(
+        0.5, ge=0, le=1, description="Tempering exponent on the perplexity ratio."
+    )
+    weight_clip: tuple[float, float] = Field(
+        (0.25, 4.0), description="Bounds (lo <= 1 <= hi) of the policy weights."
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps warming up.")
+    logging_steps: int = Field(1, ge=1, description="Record the loss every this many steps.")
+    optim: Literal["adamw_torch", "sgd"] = Field(
+        "adamw_torch", description="Optimizer (plain SGD makes updates linear in the gradient)."
+    )
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+
+    @field_validator("weight_clip")
+    @classmethod
+    def _check_clip(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0 < lo <= 1 <= hi):
+            raise ValueError(f"weight_clip must satisfy 0 < lo <= 1 <= hi, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> TrainConfig:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules must be 'all-linear' or a non-empty list")
+        return self
+
+
+class TrainResult(BaseModel):
+    """What a training run produced (also written as ``train_result.json`` in the adapter)."""
+
+    adapter_dir: Path
+    n_examples: int = Field(description="Examples trained on (after dropping over-long ones).")
+    n_dropped: int = Field(0, description="Examples dropped: completion longer than max_length.")
+    n_tokens: int = Field(description="Completion (label) tokens per epoch, EOS included.")
+    losses: list[float] = Field(description="Training loss at each logging step.")
+    final_loss: float
+    diverged: bool = Field(description="A non-finite loss, or last loss > 3x the first.")
+    seconds: float
+    weights_summary: dict[str, float] = Field(description="min / mean / max example weight.")
+    config: TrainConfig
+    base_model: str = ""
+    base_weights_hash: str = ""
+    runtime: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- data
+class TokenizedDataset:
+    """Tokenized examples (``input_ids``, ``labels``, ``weight`` per row) for the Trainer."""
+
+    column_names = ("input_ids", "labels", "weight")
+
+    def __init__(self, rows: list[dict[str, Any]], n_dropped: int = 0) -> None:
+        self.rows = rows
+        self.n_dropped = n_dropped
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+    @property
+    def n_label_tokens(self) -> int:
+        """Loss-bearing tokens (shifted: position 0 never counts; weight-0 rows excluded)."""
+        return sum(
+            sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX)
+            for r in self.rows
+            if r["weight"] != 0.0
+        )
+
+
+def build_dataset(
+    examples: Sequence[TrainExample],
+    tokenizer: Any,
+    format_prompt: Callable[[Any], str],
+    max_length: int,
+    *,
+    add_special_tokens: bool = False,
+) -> TokenizedDataset:
+    """Tokenize examples as ``format_prompt(prompt)`` + completion + EOS, loss on completion.
+
+    Prompt and completion are tokenized separately and concatenated, as the engine does for
+    generation and teacher-forced scoring, so training sees the token boundary the model sees
+    at inference. Labels are ``-100`` on prompt tokens.
+
+    Args:
+        examples: the training examples.
+        tokenizer: the model's tokenizer (needs an ``eos_token_id``).
+        format_prompt: prompt -> exact model text; pass ``Engine(loaded).format_prompt`` so the
+            chat template is the one used at evaluation.
+        max_length: token budget per example. An over-long prompt loses tokens from its left;
+            the completion is never cut. Examples whose completion + EOS needs more than
+            ``max_length - 1`` tokens (one context token must remain) are dropped with a warning.
+        add_special_tokens: add the tokenizer's special tokens (BOS) to the prompt; the engine
+            does this only when it does not use a chat template.
+
+    Raises:
+        DataError: the tokenizer has no EOS token.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("The tokenizer has no EOS token; set tokenizer.eos_token before training.")
+    rows: list[dict[str, Any]] = []
+    dropped: list[str] = []
+    for i, ex in enumerate(examples):
+        p_ids = list(
+            tokenizer(format_prompt(ex.prompt), add_special_tokens=add_special_tokens)["input_ids"]
+        )
+        c_ids = [*tokenizer(ex.completion, add_special_tokens=False)["input_ids"], int(eos)]
+        keep = max_length - len(c_ids)
+        if keep < 1:
+            dropped.append(ex.id or f"example[{i}]")
+            continue
+        if len(p_ids) > keep:
+            p_ids = p_ids[len(p_ids) - keep :]
+        rows.append(
+            {
+                "input_ids": p_ids + c_ids,
+                "labels": [IGNORE_INDEX] * len(p_ids) + c_ids,
+                "weight": float(ex.weight),
+            }
+        )
+    if dropped:
+        log.warning(
+            "Dropped %d of %d training examples whose completion does not fit in max_length=%d "
+            "tokens (first: %s); raise max_length or shorten them.",
+            len(dropped),
+            len(examples),
+            max_length,
+            ", ".join(dropped[:5]),
+        )
+    return TokenizedDataset(rows, n_dropped=len(dropped))
+
+
+class WeightedCollator:
+    """Right-pads ``input_ids`` (pad id), ``labels`` (-100) and builds ``attention_mask``.
+
+    Returns tensors ``input_ids``/``labels``/``attention_mask`` of shape ``(B, T)`` and
+    ``weight`` of shape ``(B,)`` (float32). Right padding needs no position ids: real tokens
+    keep positions ``0..len-1``. Rows with weight 0 get all labels ``-100``, so a muted
+    example does not count in the normaliser ``N`` either: weight 0 is exactly the same as
+    leaving the example out.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        n = len(features)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        attn = torch.zeros((n, width), dtype=torch.long)  # (B, T)
+        for r, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[r, :k] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            if float(f.get("weight", 1.0)) != 0.0:
+                labels[r, :k] = torch.as_tensor(f["labels"], dtype=torch.long)
+            attn[r, :k] = 1
+        weights = torch.tensor([float(f.get("weight", 1.0)) for f in features])  # (B,)
+        return {"input_ids": ids, "labels": labels, "attention_mask": attn, "weight": weights}
+
+
+# ---------------------------------------------------------------------------- loss
+def count_label_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Number of prediction targets in a causal-LM label tensor: ``labels[..., 1:] != -100``."""
+    return (labels[..., 1:] != IGNORE_INDEX).sum()
+
+
+def weighted_causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    num_items: torch.Tensor | int | float,
+) -> torch.Tensor:
+    """``Σ_i w_i Σ_t m_it · nll_it / num_items`` for a causal LM (logits at t predict t+1).
+
+    Args:
+        logits: ``(B, T, V)``; upcast to float32 (as the built-in loss does).
+        labels: ``(B, T)`` with ``-100`` where there is no target.
+        weights: ``(B,)`` per-example weights, or ``None`` for all 1.
+        num_items: the normaliser ``N`` (label tokens over the whole optimizer step).
+    """
+    shift_logits = logits[:, :-1, :].float()  # (B, T-1, V)
+    shift_labels = labels[:, 1:].to(shift_logits.device)  # (B, T-1)
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)  # (B, T-1), 0 where ignored
+    per_example = nll.sum(dim=1)  # (B,)
+    if weights is not None:
+        per_example = per_example * weights.to(per_example.device, per_example.dtype)
+    if isinstance(num_items, torch.Tensor):
+        num_items = num_items.to(per_example.device)
+    return per_example.sum() / num_items
+
+
+class WeightedTrainer(Trainer):
+    """``transformers.Trainer`` with the per-example weighted loss of DESIGN §5.
+
+    The loss returned for a micro-batch is its share of the step loss
+    (``Σ w·nll / N_step``), so ``training_step`` must not divide it by GA again.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        columns = self._signature_columns
+        if columns is not None and "weight" not in columns:
+            columns.append("weight")
+
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: Any
+    ) -> tuple[list[Any], Any]:
+        """Prefetch one accumulation window; ``N`` = its label tokens over all processes."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return batch_samples, None
+        n = sum(
+            (count_label_tokens(b["labels"]) for b in batch_samples),
+            torch.zeros((), dtype=torch.long),
+        ).to(device)
+        if self.accelerator.num_processes > 1:
+            n = self.accelerator.gather(n.reshape(1)).sum()
+        # N = 0 only when every weight is 0: all numerators are 0 too, so return loss 0.
+        return batch_samples, n.clamp(min=1)
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        weights = inputs.pop("weight", None)
+        outputs = model(**inputs)  # no labels: skip the built-in loss
+        if num_items_in_batch is None:
+            # Evaluation or a direct call: normalise by this batch alone.
+            n = count_label_tokens(labels).clamp(min=1)
+            scale = 1
+        else:
+            n = num_items_in_batch
+            # DDP averages gradients over processes while N is global: undo the average.
+            scale = self.accelerator.num_processes
+        loss = weighted_causal_lm_loss(outputs.logits, labels, weights, n)
+        if scale != 1:
+            loss = loss * scale
+        return (loss, outputs) if return_outputs else loss
+
+
+class _ProgressAndLossCallback(TrainerCallback):
+    """Forwards step progress to a plain callable and records logged losses."""
+
+    def __init__(self, progress: ProgressCallbackFn | None) -> None:
+        self.progress = progress
+        self.losses: list[float] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None and state.is_world_process_zero:
+            self.progress(int(state.global_step), int(state.max_steps))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+# ---------------------------------------------------------------------------- LoRA + run
+def wrap_lora(model: Any, cfg: TrainConfig, *, init_lora_weights: bool = True) -> Any:
+    """Wrap ``model`` (modified in place; pass a copy) with a trainable LoRA adapter.
+
+    ``init_lora_weights=False`` initialises B randomly too (tests: every LoRA parameter then
+    gets a gradient on the first step; the default B = 0 leaves A's first gradient at zero).
+    """
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+        init_lora_weights=init_lora_weights,
+    )
+    return get_peft_model(model, lcfg)
+
+
+def make_training_args(
+    cfg: TrainConfig, output_dir: Path, *, runtime: Runtime, world_size: int = 1
+) -> TrainingArguments:
+    """``TrainingArguments`` for a quiet CPU run (no saving, no reporting, no tqdm)."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        # transformers 5 dropped `warmup_ratio`; a float in [0, 1) here is a ratio of steps.
+        warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        weight_decay=0.0,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        # Keep NaN/inf in the logged losses: they are how divergence is detected.
+        logging_nan_inf_filter=False,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=runtime.dtype == "bf16",
+        dataloader_num_workers=0,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        average_tokens_across_devices=True,
+        ddp_backend="gloo" if world_size > 1 else None,
+    )
+
+
+def make_trainer(
+    model: Any,
+    dataset: TokenizedDataset,
+    args: TrainingArguments,
+    pad_token_id: int,
+    *,
+    callbacks: Sequence[Any] = (),
+    trainer_cls: type[WeightedTrainer] | None = None,
+) -> WeightedTrainer:
+    """A :class:`WeightedTrainer` (or ``trainer_cls``) without transformers' stdout printer."""
+    trainer = (trainer_cls or WeightedTrainer)(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=WeightedCollator(pad_token_id),
+        callbacks=list(callbacks),
+    )
+    # disable_tqdm=True swaps the progress bar for PrinterCallback, which print()s every log.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _training_items(examples: Sequence[TrainExample]) -> list[Sample]:
+    return [
+        Sample(id=ex.id or f"example[{i}]", input=ex.prompt, target=ex.completion)
+        for i, ex in enumerate(examples)
+    ]
+
+
+def _world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _atomic_save(model: Any, payload: dict[str, Any], out_dir: Path) -> None:
+    """Write the adapter + ``train_result.json`` into a temp sibling, then ``os.replace``."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    old: Path | None = None
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "train_result.json").write_text(json.dumps(payload, indent=2), "utf-8")
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "x")
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "x").exists() and not out_dir.exists():
+            os.replace(old / "x", out_dir)  # put the previous adapter back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def apply_weight_policy(
+    loaded: LoadedModel,
+    examples: Sequence[TrainExample],
+    cfg: TrainConfig,
+    *,
+    runtime: Runtime | None = None,
+    batch_size: int = 16,
+) -> list[TrainExample]:
+    """Multiply each example's ``weight`` by its ``cfg.weight_policy`` weight.
+
+    The reference NLL is the mean NLL per completion token under ``loaded`` (pass the
+    pre-round model: with re-training from the base each round, that is the base model).
+    ``uniform`` returns the examples unchanged without running the model.
+
+    Raises:
+        DataError: an example's reference NLL is not finite.
+    """
+    if cfg.weight_policy == "uniform":
+        return list(examples)
+    engine = Engine(loaded, runtime=runtime)
+    scores = engine.continuation_nll(
+        [ex.prompt for ex in examples], [ex.completion for ex in examples], batch_size=batch_size
+    )
+    try:
+        policy_w = compute_weights(
+            [s.mean for s in scores],
+            cfg.weight_policy,
+            alpha=cfg.weight_alpha,
+            clip=cfg.weight_clip,
+        )
+    except ValueError as err:
+        raise DataError(f"Cannot weight the training examples: {err}") from err
+    return [
+        ex.model_copy(update={"weight": ex.weight * w})
+        for ex, w in zip(examples, policy_w, strict=True)
+    ]
+
+
+def train_lora(
+    loaded: LoadedModel,
+    examples: list[TrainExample],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    runtime: Runtime | None = None,
+    never_train: NeverTrainRegistry | None = None,
+    progress: ProgressCallbackFn | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``.
+
+    Steps: never-train check -> tokenize -> LoRA on a deep copy of ``loaded.model`` ->
+    :class:`WeightedTrainer` -> atomic save of ``adapter_config.json``,
+    ``adapter_model.safetensors`` and ``train_result.json``. Works under ``torchrun`` (gloo
+    DDP; only rank 0 writes).
+
+    Args:
+        loaded: base model and tokenizer; never modified. Must not already carry an adapter.
+        examples: training examples, trained with their ``weight`` as given (the weight
+            policy is *not* applied here; see :func:`apply_weight_policy`).
+        cfg: hyper-parameters.
+        out_dir: adapter folder to (re)create.
+        runtime: threads/dtype; ``bf16`` trains under bf16 autocast (weights stay fp32).
+        never_train: registry of evaluation items that must not be trained on.
+        progress: called as ``progress(step, total_steps)`` after each optimizer step.
+
+    Raises:
+        NeverTrainViolation: an example's prompt is a registered evaluation item.
+        ConfigError: ``loaded`` already has a PEFT adapter.
+        DataError: no example fits in ``max_length`` (or none given).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if never_train is not None:
+        never_train.check(_training_items(examples))
+    if not examples:
+        raise DataError("No training examples were given; nothing to train on.")
+    if hasattr(loaded.model, "peft_config"):
+        raise ConfigError(
+            f"{loaded.name} already carries a PEFT adapter; train from the base model "
+            "(load it without --adapter) so the new adapter applies to the base weights."
+        )
+    runtime = runtime or resolve_runtime()
+    engine = Engine(loaded, runtime=runtime)  # for its chat formatting and pad id only
+
+    dataset = build_dataset(
+        examples,
+        loaded.tokenizer,
+        engine.format_prompt,
+        cfg.max_length,
+        add_special_tokens=not engine.use_chat_template,
+    )
+    if len(dataset) == 0:
+        raise DataError(
+            f"None of the {len(examples)} training examples fits in max_length={cfg.max_length} "
+            "tokens; raise max_length."
+        )
+    weights = [r["weight"] for r in dataset.rows]
+
+    set_seed(cfg.seed)  # LoRA A init is random
+    model = wrap_lora(copy.deepcopy(loaded.model), cfg)
+    model.train()
+    world = _world_size()
+    scratch = Path(tempfile.mkdtemp(prefix="selfimprove-trainer-"))  # Trainer's output_dir
+    try:
+        args = make_training_args(cfg, scratch, runtime=runtime, world_size=world)
+        callback = _ProgressAndLossCallback(progress)
+        trainer = make_trainer(model, dataset, args, engine.pad_id, callbacks=[callback])
+        with torch.enable_grad():
+            trainer.train()
+        losses = callback.losses
+        final = losses[-1] if losses else float("nan")
+        diverged = (
+            not losses
+            or not all(math.isfinite(x) for x in losses)
+            or (len(losses) > 1 and losses[-1] > 3 * losses[0])
+        )
+        result = TrainResult(
+            adapter_dir=out_dir,
+            n_examples=len(dataset),
+            n_dropped=dataset.n_dropped,
+            n_tokens=dataset.n_label_tokens,
+            losses=losses,
+            final_loss=final,
+            diverged=diverged,
+            seconds=0.0,
+            weights_summary={
+                "min": min(weights),
+                "mean": sum(weights) / len(weights),
+                "max": max(weights),
+            },
+            config=cfg,
+            base_model=loaded.name,
+            base_weights_hash=loaded.weights_hash,
+            runtime={**runtime.describe(), "world_size": world},
+        )
+        result.seconds = time.perf_counter() - t0
+        if trainer.is_world_process_zero():
+            model.eval()
+            _atomic_save(model, result.model_dump(mode="json"), out_dir)
+        trainer.accelerator.wait_for_everyone()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if result.diverged:
+        log.warning("Training diverged (losses %s); treat the adapter as failed.", losses[:3])
+    return result

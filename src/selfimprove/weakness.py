@@ -1,0 +1,131 @@
+"""Weak areas: rank evaluation categories by how often and how badly the model fails.
+
+Input: per-example :class:`~selfimprove.evaluate.EvalRecord` rows of one evaluation.
+Output: :class:`WeakArea` rows, one per (suite, category), ranked by error rate (upper end
+of its Wilson interval breaks ties toward categories we are *sure* are weak) and by the
+reference answer's NLL — the users' ``perplexity_threshold`` (source 001) becomes a
+threshold on exp(mean reference NLL), the perplexity of the *gold* answer, not of the
+model's own output. Failures are classified per family: ``no_answer`` (nothing
+extractable), ``format_error`` (right answer, wrong format), ``wrong_answer``.
+
+It does not generate data (see :mod:`selfimprove.synth`) and never looks at sentinel suites
+as targets: those guard against regressions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from selfimprove.evaluate import EvalRecord, wilson_ci
+
+Metric = Literal["strict", "extracted"]
+
+
+class WeaknessConfig(BaseModel):
+    """How weak areas are chosen (the users' thresholds, sec. 001)."""
+
+    model_config = {"extra": "forbid"}
+    metric: Metric = Field(
+        "strict",
+        description="Error of 'strict' (correct AND strict format) or 'extracted' accuracy.",
+    )
+    error_threshold: float = Field(
+        0.3, ge=0.0, le=1.0, description="A category is weak if its error rate is at least this."
+    )
+    perplexity_threshold: float | None = Field(
+        None,
+        gt=1.0,
+        description="Also weak if the gold answer's perplexity exp(mean ref NLL) exceeds this.",
+    )
+    top_k: int = Field(4, ge=1, description="At most this many weak areas per round.")
+    min_items: int = Field(5, ge=1, description="Ignore categories with fewer scored items.")
+
+
+class WeakArea(BaseModel):
+    suite: str
+    category: str
+    n: int
+    error_rate: float
+    error_ci: tuple[float, float]
+    ref_perplexity: float | None
+    failure_types: dict[str, int]
+    score: float  # ranking key: lower CI bound of the error rate, then perplexity
+    selected: bool = False
+    reason: str = ""
+
+
+def classify_failure(r: EvalRecord, metric: Metric = "strict") -> str | None:
+    """``None`` if the item counts as solved, else the failure type."""
+    ok = bool(r.correct and r.format_ok) if metric == "strict" else bool(r.correct)
+    if ok:
+        return None
+    if r.correct and not r.format_ok:
+        return "format_error"
+    if r.extracted is None or not str(r.extracted).strip():
+        return "no_answer"
+    return "wrong_answer"
+
+
+def rank_weak_areas(
+    records: Iterable[EvalRecord],
+    config: WeaknessConfig | None = None,
+    *,
+    exclude_suites: Sequence[str] = (),
+) -> list[WeakArea]:
+    """All scored (suite, category) groups, weakest first; the top ones are ``selected``."""
+    cfg = config or WeaknessConfig()
+    groups: dict[tuple[str, str], list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        if r.correct is None or r.suite in exclude_suites:
+            continue
+        groups[(r.suite, r.category)].append(r)
+    areas = []
+    for (suite, cat), rs in groups.items():
+        fails = [classify_failure(r, cfg.metric) for r in rs]
+        k = sum(f is not None for f in fails)
+        nll = [r.ref_nll for r in rs if r.ref_nll is not None and math.isfinite(r.ref_nll)]
+        ppl = math.exp(sum(nll) / len(nll)) if nll else None
+        lo, hi = wilson_ci(k, len(rs))
+        areas.append(
+            WeakArea(
+                suite=suite,
+                category=cat,
+                n=len(rs),
+                error_rate=k / len(rs),
+                error_ci=(lo, hi),
+                ref_perplexity=ppl,
+                failure_types=dict(Counter(f for f in fails if f is not None)),
+                score=lo + (0.0 if ppl is None else min(ppl, 1e6) * 1e-9),
+            )
+        )
+    areas.sort(key=lambda a: (-a.score, -(a.ref_perplexity or 0.0), a.suite, a.category))
+    chosen = 0
+    for a in areas:
+        if a.n < cfg.min_items:
+            a.reason = f"only {a.n} items"
+            continue
+        by_err = a.error_rate >= cfg.error_threshold
+        by_ppl = (
+            cfg.perplexity_threshold is not None
+            and a.ref_perplexity is not None
+            and a.ref_perplexity > cfg.perplexity_threshold
+        )
+        if (by_err or by_ppl) and chosen < cfg.top_k:
+            a.selected = True
+            chosen += 1
+            why = []
+            if by_err:
+                why.append(f"error {a.error_rate:.0%} ≥ {cfg.error_threshold:.0%}")
+            if by_ppl:
+                why.append(f"gold perplexity {a.ref_perplexity:.1f} > {cfg.perplexity_threshold}")
+            a.reason = "; ".join(why)
+        elif by_err or by_ppl:
+            a.reason = f"weak but beyond top_k={cfg.top_k}"
+        else:
+            a.reason = "not weak"
+    return areas

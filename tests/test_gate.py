@@ -1,0 +1,464 @@
+"""The gate on synthetic data with known truth: equivalences, sizes under the null, power.
+
+Simulations use fixed seeds, so each rate below is a deterministic number; the bounds
+allow for Monte-Carlo error (3 standard errors) so that a correct implementation passes
+for any seed and an anti-conservative one does not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import optimize, stats
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from selfimprove.evaluate import EvalRecord
+from selfimprove.gate import (
+    GateConfig,
+    decide,
+    holm,
+    mcnemar_exact,
+    newcombe_paired_ci,
+    noninferiority_binary,
+    noninferiority_mean,
+    paired_bootstrap,
+    tango_restricted_mle,
+)
+
+ALPHA = 0.05
+
+
+def mc_bound(p: float, reps: int) -> float:
+    """p + 3 Monte-Carlo standard errors."""
+    return p + 3 * math.sqrt(p * (1 - p) / reps)
+
+
+def table_to_pairs(n_both: int, b: int, c: int, n_neither: int) -> tuple[list[bool], list[bool]]:
+    before = [True] * n_both + [True] * b + [False] * c + [False] * n_neither
+    after = [True] * n_both + [False] * b + [True] * c + [False] * n_neither
+    return before, after
+
+
+def sim_cells(n: int, q_b: float, q_c: float, rng: np.random.Generator):
+    """Paired binary data with P(right→wrong)=q_b, P(wrong→right)=q_c (so Δ = q_c − q_b)."""
+    b, c, rest = rng.multinomial(n, [q_b, q_c, 1 - q_b - q_c])
+    both = int(rng.binomial(rest, 0.5))
+    return table_to_pairs(both, int(b), int(c), int(rest) - both)
+
+
+# ----------------------------------------------------------------------------- McNemar
+
+
+@pytest.mark.parametrize(
+    "table",
+    [(50, 10, 20, 40), (30, 0, 7, 10), (12, 9, 9, 3), (5, 25, 3, 70), (100, 1, 0, 0), (8, 0, 0, 2)],
+)
+def test_mcnemar_matches_statsmodels_and_binomtest(table):
+    n_both, b, c, n_neither = table
+    before, after = table_to_pairs(*table)
+    res = mcnemar_exact(before, after, alternative="greater")
+    sm = sm_mcnemar([[n_both, b], [c, n_neither]], exact=True)
+    assert res.b == b and res.c == c and res.n == sum(table)
+    assert res.p_two_sided == pytest.approx(sm.pvalue, rel=1e-12, abs=1e-15)
+    if b + c:
+        assert res.p_greater == pytest.approx(stats.binomtest(c, b + c, 0.5, "greater").pvalue)
+        assert res.p_less == pytest.approx(stats.binomtest(c, b + c, 0.5, "less").pvalue)
+    else:
+        assert res.p_greater == res.p_two_sided == 1.0
+    assert res.p_value == res.p_greater
+    assert res.delta == pytest.approx((c - b) / sum(table))
+    assert res.delta_ci[0] <= res.delta <= res.delta_ci[1]
+
+
+def test_mcnemar_rejects_bad_input():
+    with pytest.raises(ValueError, match="length"):
+        mcnemar_exact([True, False], [True])
+    with pytest.raises(ValueError, match="no paired"):
+        mcnemar_exact([], [])
+
+
+def _null_pair(n: int, rng: np.random.Generator):
+    # Items differ in difficulty; before and after are exchangeable (no effect).
+    p = rng.beta(2, 3, size=n)
+    return rng.random(n) < p, rng.random(n) < p
+
+
+def test_mcnemar_size_under_null():
+    rng = np.random.default_rng(0)
+    reps = 1000
+    rate = np.mean([mcnemar_exact(*_null_pair(200, rng)).p_greater <= ALPHA for _ in range(reps)])
+    print(f"McNemar one-sided size, n=200, {reps} null sets: {rate:.3f}")
+    assert rate <= mc_bound(ALPHA, reps)
+
+
+def test_mcnemar_power_for_15_point_gain():
+    rng = np.random.default_rng(1)
+    reps = 500
+    # Hardest case for a paired test: before and after independent (most discordance).
+    rate = np.mean(
+        [
+            mcnemar_exact(rng.random(200) < 0.40, rng.random(200) < 0.55).p_greater <= ALPHA
+            for _ in range(reps)
+        ]
+    )
+    print(f"McNemar power, 40%→55% on 200 items (independent): {rate:.3f}")
+    assert rate >= 0.80
+
+
+@pytest.mark.parametrize(
+    ("n", "p_before", "p_after", "rho"),
+    [(200, 0.4, 0.55, 0.0), (200, 0.4, 0.4, 0.5), (100, 0.1, 0.05, 0.3), (60, 0.9, 0.95, 0.2)],
+)
+def test_newcombe_ci_coverage(n, p_before, p_after, rho):
+    rng = np.random.default_rng(2)
+    reps = 800
+    zb, za = stats.norm.ppf(p_before), stats.norm.ppf(p_after)
+    hits = 0
+    for _ in range(reps):
+        z = rng.standard_normal((n, 2))
+        z[:, 1] = rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]
+        lo, hi = mcnemar_exact(z[:, 0] < zb, z[:, 1] < za).delta_ci
+        hits += lo <= p_after - p_before <= hi
+    cov = hits / reps
+    print(f"Newcombe 95% coverage n={n} {p_before}→{p_after} rho={rho}: {cov:.3f}")
+    assert cov >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / reps)
+
+
+def test_newcombe_degenerate_tables_are_finite_and_ordered():
+    for table in [(0, 0, 0, 10), (10, 0, 0, 0), (0, 5, 0, 0), (0, 0, 5, 0)]:
+        lo, hi = newcombe_paired_ci(*table)
+        assert -1 <= lo <= hi <= 1
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_statistic_ci_and_determinism():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=80)
+    y = x + 0.3 + rng.normal(scale=0.5, size=80)
+    r1 = paired_bootstrap(x, y, n_boot=2000, seed=7)
+    r2 = paired_bootstrap(x, y, n_boot=2000, seed=7)
+    assert r1 == r2
+    assert r1.statistic == pytest.approx(float(np.mean(y - x)))
+    assert r1.ci[0] < r1.statistic < r1.ci[1]
+    # The percentile CI of a mean is close to the t interval at this n.
+    t_lo, t_hi = stats.ttest_1samp(y - x, 0).confidence_interval(0.95)
+    assert r1.ci[0] == pytest.approx(t_lo, abs=0.04) and r1.ci[1] == pytest.approx(t_hi, abs=0.04)
+    assert r1.p_value < 0.01
+    assert paired_bootstrap(x, y, n_boot=2000, alternative="less").p_value > 0.99
+
+
+def test_bootstrap_size_and_power():
+    rng = np.random.default_rng(4)
+    n = 100
+    size_reps, power_reps = 1500, 300
+    null = [
+        paired_bootstrap(rng.normal(size=n), rng.normal(size=n), n_boot=999, seed=i).p_value
+        for i in range(size_reps)
+    ]
+    size = np.mean(np.asarray(null) <= ALPHA)
+    power = np.mean(
+        [
+            paired_bootstrap(
+                rng.normal(size=n), rng.normal(0.4, 1, size=n), n_boot=999, seed=i
+            ).p_value
+            <= ALPHA
+            for i in range(power_reps)
+        ]
+    )
+    print(f"bootstrap one-sided size n={n}: {size:.3f}; power at +0.4 sd: {power:.3f}")
+    assert size <= mc_bound(ALPHA, size_reps)
+    assert power >= 0.80
+
+
+def test_bootstrap_two_sided_is_symmetric_in_sign():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=50), rng.normal(0.2, 1, size=50)
+    a = paired_bootstrap(x, y, n_boot=999, alternative="two-sided")
+    b = paired_bootstrap(y, x, n_boot=999, alternative="two-sided")
+    assert a.p_value == pytest.approx(b.p_value)
+    with pytest.raises(ValueError, match="non-finite"):
+        paired_bootstrap([1.0, float("nan")], [1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------- non-inferiority
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "n", "delta0"), [(10, 5, 100, -0.05), (0, 0, 50, -0.1), (30, 2, 300, -0.05)]
+)
+def test_tango_restricted_mle_maximises_constrained_likelihood(b, c, n, delta0):
+    def negll(q: float) -> float:
+        return -(
+            b * math.log(q) + c * math.log(q + delta0) + (n - b - c) * math.log(1 - 2 * q - delta0)
+        )
+
+    lo, hi = -delta0 + 1e-12, (1 - delta0) / 2 - 1e-12
+    best = optimize.minimize_scalar(
+        negll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}
+    )
+    assert tango_restricted_mle(b, c, n, delta0) == pytest.approx(best.x, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("n", "q_b", "q_c"),
+    [(300, 0.15, 0.10), (300, 0.06, 0.01), (100, 0.10, 0.05), (200, 0.30, 0.25)],
+)
+def test_noninferiority_binary_size_at_boundary(n, q_b, q_c):
+    # True difference q_c − q_b = −0.05 = −margin exactly: the least favourable null.
+    rng = np.random.default_rng(6)
+    reps = 1000
+    rate = np.mean(
+        [
+            noninferiority_binary(*sim_cells(n, q_b, q_c, rng), 0.05).non_inferior
+            for _ in range(reps)
+        ]
+    )
+    print(f"non-inferiority size at boundary n={n} q_b={q_b} q_c={q_c}: {rate:.3f}")
+    assert rate <= mc_bound(ALPHA, reps)
+
+
+@pytest.mark.parametrize(("q", "min_rate"), [(0.05, 0.75), (0.10, 0.55)])
+def test_noninferiority_binary_power_without_change(q, min_rate):
+    rng = np.random.default_rng(7)
+    reps = 500
+    rate = np.mean(
+        [noninferiority_binary(*sim_cells(300, q, q, rng), 0.05).non_inferior for _ in range(reps)]
+    )
+    print(f"non-inferior declared, true Δ=0, n=300, {q:.0%} flips each way: {rate:.3f}")
+    assert rate >= min_rate
+
+
+def test_noninferiority_binary_rejects_a_real_drop():
+    rng = np.random.default_rng(8)
+    reps = 500
+    rate = np.mean(
+        [
+            noninferiority_binary(*sim_cells(300, 0.15, 0.05, rng), 0.05).non_inferior
+            for _ in range(reps)
+        ]
+    )
+    print(f"non-inferior declared, true Δ=−10 points, n=300: {rate:.3f}")
+    assert rate <= 0.01
+
+
+def test_noninferiority_binary_no_change_at_all():
+    # b = c = 0: the Wald statistic would be infinite/undefined; the score test is finite.
+    res = noninferiority_binary([True] * 150 + [False] * 150, [True] * 150 + [False] * 150, 0.05)
+    assert math.isfinite(res.statistic) and res.non_inferior
+    small = noninferiority_binary([True] * 5, [True] * 5, 0.05)
+    assert not small.non_inferior  # 5 items cannot show anything
+
+
+def test_noninferiority_mean_equals_scipy():
+    rng = np.random.default_rng(9)
+    x = rng.normal(2.5, 0.3, size=40)
+    y = x + rng.normal(0.02, 0.05, size=40)
+    res = noninferiority_mean(x, y, 0.05, higher_is_better=False)
+    ref = stats.ttest_1samp(x - y, -0.05, alternative="greater")
+    assert res.statistic == pytest.approx(ref.statistic)
+    assert res.p_value == pytest.approx(ref.pvalue)
+    assert res.estimate == pytest.approx(float(np.mean(x - y)))
+    up = noninferiority_mean(x, y, 0.05, higher_is_better=True)
+    ref_up = stats.ttest_1samp(y - x, -0.05, alternative="greater")
+    assert up.p_value == pytest.approx(ref_up.pvalue)
+
+
+def test_noninferiority_mean_size_and_power():
+    rng = np.random.default_rng(10)
+    reps, n, margin = 1000, 100, 0.05
+
+    def rate(shift: float) -> float:
+        out = []
+        for _ in range(reps):
+            x = rng.normal(3.0, 0.5, size=n)
+            y = x + shift + rng.normal(0, 0.15, size=n)  # NLL: lower is better
+            out.append(noninferiority_mean(x, y, margin, higher_is_better=False).non_inferior)
+        return float(np.mean(out))
+
+    size, power, drop = rate(margin), rate(0.0), rate(0.15)
+    print(
+        f"NLL non-inferiority: size {size:.3f}, power at no change {power:.3f}, at +0.15: {drop:.3f}"
+    )
+    assert size <= mc_bound(ALPHA, reps)
+    assert power >= 0.9
+    assert drop <= 0.01
+
+
+def test_noninferiority_mean_zero_variance():
+    assert noninferiority_mean([1.0] * 5, [1.0] * 5, 0.05, higher_is_better=False).non_inferior
+    assert not noninferiority_mean([1.0] * 5, [1.1] * 5, 0.05, higher_is_better=False).non_inferior
+
+
+def test_holm_matches_statsmodels():
+    p = [0.01, 0.04, 0.03, 0.2, 0.001, 0.04]
+    assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+
+
+# ----------------------------------------------------------------------------- decide()
+
+
+def _binary_records(suite, category, before, after, *, as_dict, mode="generate"):
+    bs, as_ = [], []
+    for i, (xb, xa) in enumerate(zip(before, after, strict=True)):
+        common = dict(
+            suite=suite,
+            task=f"{suite}.{category}",
+            category=category,
+            sample_id=f"{category}-{i}",
+            input_hash=f"h-{suite}-{category}-{i}",
+            mode=mode,
+            target="x",
+            format_ok=True,
+        )
+        rb, ra = dict(common, correct=bool(xb)), dict(common, correct=bool(xa))
+        bs.append(rb if as_dict else EvalRecord(**rb))
+        as_.append(ra if as_dict else EvalRecord(**ra))
+    return bs, as_
+
+
+def _nll_records(suite, before, after):
+    bs, as_ = [], []
+    for i, (xb, xa) in enumerate(zip(before, after, strict=True)):
+        common = dict(
+            suite=suite, task=f"{suite}.text", category="text", sample_id=f"t{i}",
+            input_hash=f"n{i}", mode="nll", target="text",
+        )  # fmt: skip
+        bs.append(EvalRecord(**common, ref_nll=float(xb)))
+        as_.append(EvalRecord(**common, ref_nll=float(xa)))
+    return bs, as_
+
+
+def _world(
+    seed: int = 0, *, target_gain: float = 0.30, refusal_drop: float = 0.0, nll_shift: float = 0.0
+):
+    """Two target categories, a binary refusal sentinel and a general-text NLL sentinel."""
+    rng = np.random.default_rng(seed)
+    before, after = [], []
+    for cat in ("add1", "mul1"):
+        x = rng.random(150) < 0.40
+        # Wrong items get fixed with prob g/0.6; right ones stay right: gain ≈ target_gain.
+        y = x | (rng.random(150) < target_gain / 0.6)
+        b, a = _binary_records("arithmetic", cat, x, y, as_dict=(cat == "add1"))
+        before += b
+        after += a
+    x = rng.random(200) < 0.90
+    flip = rng.random(200) < refusal_drop / 0.9
+    y = x & ~flip
+    b, a = _binary_records("refusal", "harmful", x, y, as_dict=False)
+    before += b
+    after += a
+    nb = rng.normal(3.0, 0.4, size=100)
+    na = nb + nll_shift + rng.normal(0.0, 0.05, size=100)
+    b, a = _nll_records("general_nll", nb, na)
+    before += b
+    after += a
+    return before, after
+
+
+KW = dict(
+    target_categories=[("arithmetic", "add1"), ("arithmetic", "mul1")],
+    sentinel_suites=["refusal", "general_nll"],
+    config=GateConfig(),
+)
+
+
+def test_decide_accepts_real_gain_with_intact_sentinels():
+    before, after = _world()
+    d = decide(before, after, train_losses=[2.0, 1.5, 1.1, 0.9], **KW)
+    assert d.accepted, d.reasons
+    assert d.target is not None and d.target.significant
+    assert d.target.pooled.n == 300 and d.target.pooled.delta > 0.2
+    assert {(c.suite, c.category) for c in d.target.per_category} == {
+        ("arithmetic", "add1"),
+        ("arithmetic", "mul1"),
+    }
+    assert [(s.suite, s.kind, s.passed) for s in d.sentinels] == [
+        ("refusal", "binary", True),
+        ("general_nll", "nll", True),
+    ]
+    assert d.loss_ok and all(r.startswith("ok") for r in d.reasons)
+    assert d.config == GateConfig()
+
+
+def test_decide_rejects_sentinel_regression_despite_gain():
+    before, after = _world(refusal_drop=0.20)
+    d = decide(before, after, **KW)
+    assert d.target is not None and d.target.significant
+    assert not d.accepted
+    refusal = next(s for s in d.sentinels if s.suite == "refusal")
+    assert not refusal.passed
+    assert any(r.startswith("rejected") and "refusal" in r for r in d.reasons)
+
+
+def test_decide_rejects_nll_forgetting():
+    before, after = _world(nll_shift=0.2)
+    d = decide(before, after, **KW)
+    assert not d.accepted
+    assert any(r.startswith("rejected") and "general_nll" in r for r in d.reasons)
+
+
+def test_decide_rejects_nonfinite_nll_after():
+    before, after = _world()
+    nll_after = [r for r in after if isinstance(r, EvalRecord) and r.suite == "general_nll"]
+    nll_after[3].ref_nll = float("nan")
+    d = decide(before, after, **KW)
+    assert not d.accepted
+    assert any("non-finite ref_nll" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize(
+    ("losses", "fragment"),
+    [([2.0, 1.0, float("nan")], "non-finite"), ([1.0, 2.0, 3.5], "diverged"), ([], "no losses")],
+)
+def test_decide_rejects_bad_losses(losses, fragment):
+    before, after = _world()
+    d = decide(before, after, train_losses=losses, **KW)
+    assert not d.accepted and not d.loss_ok
+    assert any(fragment in r for r in d.reasons)
+
+
+def test_decide_rejects_without_target_gain():
+    before, after = _world(target_gain=0.0)
+    d = decide(before, after, **KW)
+    assert d.target is not None and not d.target.significant
+    assert not d.accepted
+    # ... unless the gain is not required.
+    cfg = GateConfig(require_target_gain=False)
+    assert decide(before, after, **{**KW, "config": cfg}).accepted
+
+
+def test_decide_raises_on_mismatched_items():
+    before, after = _world()
+    with pytest.raises(ValueError, match=r"1 missing from after: arithmetic/add1-0"):
+        decide(before, after[1:], **KW)
+    with pytest.raises(ValueError, match="missing from before"):
+        decide(before[:-1], after, **KW)
+    changed = [dict(r) if isinstance(r, dict) else r for r in after]
+    changed[0] = dict(changed[0], input_hash="other")
+    with pytest.raises(ValueError, match="different inputs"):
+        decide(before, changed, **KW)
+    with pytest.raises(ValueError, match="no scored"):
+        decide(before, after, **{**KW, "target_categories": [("arithmetic", "nope")]})
+    with pytest.raises(ValueError, match="sentinel suite 'nope'"):
+        decide(before, after, **{**KW, "sentinel_suites": ["nope"]})
+
+
+def test_gate_config_forbids_unknown_fields():
+    with pytest.raises(ValueError):
+        GateConfig(alpha=0.05, margin=0.1)  # type: ignore[call-arg]
+
+
+def test_decide_counts_unscored_after_items_as_wrong():
+    before, after = _world()
+    refusal_after = [r for r in after if isinstance(r, EvalRecord) and r.suite == "refusal"]
+    for r in refusal_after[:40]:
+        r.correct = None  # the new model's outputs could not be scored
+    d = decide(before, after, **KW)
+    refusal = next(s for s in d.sentinels if s.suite == "refusal")
+    assert refusal.test is not None and refusal.test.n == 200
+    assert not refusal.passed and not d.accepted
