@@ -310,6 +310,7 @@ def run_cmd(
     console.print(
         f"Efficiency ratio (gain per example, targeted ÷ random): {'–' if eff is None else f'{eff:.2f}'}"
     )
+    console.print(f"Report: {s.get('report')}")
     console.print(f"Run [bold]{result.run_id}[/] saved to {result.run_dir}")
 
 

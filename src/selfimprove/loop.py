@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,6 +177,28 @@ def _eval_phase(
     ]
 
 
+def _fault(point: str) -> None:
+    """Test-only fault injection: ``SELFIMPROVE_FAULT=kill:<point>`` SIGKILLs this process at
+    ``point`` (e.g. ``kill:r1_random/train``), the hardest kill there is (no cleanup runs)."""
+    if os.environ.get("SELFIMPROVE_FAULT") == f"kill:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _step_progress(hook: ProgressHook, name: str, fault: str | None = None) -> Any:
+    """Adapt ``progress(step, total)`` callbacks to the hook's start/advance protocol."""
+    last = [0]
+
+    def cb(step: int, total: int) -> None:
+        if fault is not None:
+            _fault(fault)
+        if last[0] == 0:
+            hook.start(total, name)
+        hook.advance(step - last[0])
+        last[0] = step
+
+    return cb
+
+
 def _with_adapter(base: LoadedModel, adapter: str | None) -> LoadedModel:
     if adapter is None:
         return base
@@ -203,7 +227,7 @@ def run_loop(
 ) -> LoopResult:
     """Run (or resume) the closed loop described by ``cfg.loop``; returns per-round results."""
     from selfimprove.gate import GateConfig, decide
-    from selfimprove.train import TrainConfig, TrainExample, compute_weights, train_lora
+    from selfimprove.train import TrainConfig, TrainExample, apply_weight_policy, train_lora
 
     hook = hook or ProgressHook()
     lcfg: LoopConfig = cfg.loop
@@ -353,7 +377,7 @@ def run_loop(
                     rows = prev_data + [
                         {
                             "id": s.id,
-                            "suite": t_.name.split(".")[0],
+                            "suite": su,
                             "category": s.category,
                             "input_hash": s.input_hash(),
                             "prompt": s.input
@@ -362,7 +386,7 @@ def run_loop(
                             "completion": t_.reference(s),
                             "round": rnd,
                         }
-                        for t_, s in new
+                        for su, t_, s in new
                     ]
                     store.write_records(run_id, data_file, rows)
                     ar.seconds["data"] = round(time.time() - t, 1)
@@ -382,24 +406,15 @@ def run_loop(
                         )
                         for r in rows
                     ]
-                    if train_cfg.weight_policy != "uniform":
-                        ref = engine_for(None).continuation_nll(
-                            [e.prompt for e in examples],
-                            [e.completion for e in examples],
-                            batch_size=gen.batch_size,
-                        )
-                        ws = compute_weights(
-                            [s.mean for s in ref],
-                            train_cfg.weight_policy,
-                            alpha=train_cfg.weight_alpha,
-                            clip=tuple(train_cfg.weight_clip),
-                        )
-                        examples = [
-                            e.model_copy(update={"weight": w})
-                            for e, w in zip(examples, ws, strict=True)
-                        ]
+                    examples = apply_weight_policy(
+                        base,
+                        examples,
+                        train_cfg,
+                        runtime=runtime,
+                        batch_size=gen.batch_size,
+                        system_prompt=cfg.model.system_prompt,
+                    )
                     hook.phase(f"Training LoRA on {len(examples)} examples")
-                    hook.start(1, "train")
                     res = train_lora(
                         base,
                         examples,
@@ -407,8 +422,9 @@ def run_loop(
                         adapter_dir,
                         runtime=runtime,
                         never_train=registry,
+                        progress=_step_progress(hook, "train", fault=f"{tag}/train"),
+                        system_prompt=cfg.model.system_prompt,
                     )
-                    hook.advance(1)
                     ar.train = res.model_dump(mode="json")
                     ar.seconds["train"] = round(time.time() - t, 1)
                     phases.mark(f"{tag}/train")
@@ -453,6 +469,10 @@ def run_loop(
             run_id, "summary_rounds.json", [r.model_dump(mode="json") for r in phases.state.rounds]
         )
         store.set_summary(run_id, summary)
+        from selfimprove.report import render_run_report
+
+        report = render_run_report(run_dir)
+        summary["report"] = str(report)
     return LoopResult(
         run_id=run_id,
         run_dir=str(store.run_dir(run_id)),

@@ -99,15 +99,16 @@ def templated_variations(
     seed_key: str,
     registry: NeverTrainRegistry,
     seen: set[str] | None = None,
-) -> tuple[list[tuple[Task, Sample]], Funnel]:
-    """``n_total`` items split evenly over the weak ``(suite, category)`` areas."""
+) -> tuple[list[tuple[str, Task, Sample]], Funnel]:
+    """``n_total`` items split evenly over the weak ``(suite, category)`` areas, as
+    ``(suite, task, sample)`` triples."""
     funnel = Funnel()
     seen = set() if seen is None else seen
-    out: list[tuple[Task, Sample]] = []
+    out: list[tuple[str, Task, Sample]] = []
     for j, (suite, cat) in enumerate(areas):
         n = n_total // len(areas) + (1 if j < n_total % len(areas) else 0)
         task = find_task(suite, cat)
-        out.extend((task, s) for s in _draw(task, n, seed_key, registry, seen, funnel))
+        out.extend((suite, task, s) for s in _draw(task, n, seed_key, registry, seen, funnel))
     return out, funnel
 
 
@@ -118,10 +119,10 @@ def random_control_samples(
     registry: NeverTrainRegistry,
     seen: set[str] | None = None,
     suites: Sequence[str] | None = None,
-) -> tuple[list[tuple[Task, Sample]], Funnel]:
+) -> tuple[list[tuple[str, Task, Sample]], Funnel]:
     """The control arm: the same budget drawn uniformly across all skill categories."""
     tasks = [
-        t
+        (s.name, t)
         for s in list_suites()
         if not s.sentinel and (suites is None or s.name in suites)
         for t in s.tasks
@@ -130,13 +131,13 @@ def random_control_samples(
     rng = random.Random(f"control:{seed_key}")
     counts: dict[str, int] = {}
     for _ in range(n_total):
-        t = rng.choice(tasks)
-        counts[t.name] = counts.get(t.name, 0) + 1
+        su, t = rng.choice(tasks)
+        counts[(su, t.name)] = counts.get((su, t.name), 0) + 1
     funnel = Funnel()
     seen = set() if seen is None else seen
-    out: list[tuple[Task, Sample]] = []
-    for t in tasks:
-        if counts.get(t.name):
-            out.extend((t, s) for s in _draw(t, counts[t.name], seed_key, registry, seen, funnel))
+    out: list[tuple[str, Task, Sample]] = []
+    for su, t in tasks:
+        if n := counts.get((su, t.name)):
+            out.extend((su, t, s) for s in _draw(t, n, seed_key, registry, seen, funnel))
     random.Random(f"shuffle:{seed_key}").shuffle(out)
     return out, funnel

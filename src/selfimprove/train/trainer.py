@@ -526,6 +526,7 @@ def apply_weight_policy(
     *,
     runtime: Runtime | None = None,
     batch_size: int = 16,
+    system_prompt: str | None = None,
 ) -> list[TrainExample]:
     """Multiply each example's ``weight`` by its ``cfg.weight_policy`` weight.
 
@@ -538,7 +539,7 @@ def apply_weight_policy(
     """
     if cfg.weight_policy == "uniform":
         return list(examples)
-    engine = Engine(loaded, runtime=runtime)
+    engine = Engine(loaded, runtime=runtime, system_prompt=system_prompt)
     scores = engine.continuation_nll(
         [ex.prompt for ex in examples], [ex.completion for ex in examples], batch_size=batch_size
     )
@@ -566,6 +567,7 @@ def train_lora(
     runtime: Runtime | None = None,
     never_train: NeverTrainRegistry | None = None,
     progress: ProgressCallbackFn | None = None,
+    system_prompt: str | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``.
 
@@ -583,6 +585,8 @@ def train_lora(
         runtime: threads/dtype; ``bf16`` trains under bf16 autocast (weights stay fp32).
         never_train: registry of evaluation items that must not be trained on.
         progress: called as ``progress(step, total_steps)`` after each optimizer step.
+        system_prompt: the system message the evaluation engine uses (so training sees the
+            same chat text as evaluation).
 
     Raises:
         NeverTrainViolation: an example's prompt is a registered evaluation item.
@@ -601,7 +605,8 @@ def train_lora(
             "(load it without --adapter) so the new adapter applies to the base weights."
         )
     runtime = runtime or resolve_runtime()
-    engine = Engine(loaded, runtime=runtime)  # for its chat formatting and pad id only
+    # for its chat formatting and pad id only
+    engine = Engine(loaded, runtime=runtime, system_prompt=system_prompt)
 
     dataset = build_dataset(
         examples,

@@ -1,0 +1,163 @@
+"""The closed loop on a tiny random model: phases, artifacts, never-train, kill + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfimprove.config import load_config
+from selfimprove.loop import run_loop
+from selfimprove.store import RunStore
+from selfimprove.tasks.never_train import NeverTrainRegistry
+
+# A small, fast loop: 2 rounds x 2 arms, a few items per suite, short generations.
+SMALL = {
+    "model": {"name": "tiny-llama"},
+    "runtime": {"threads": 2, "dtype": "fp32"},
+    "generation": {"max_new_tokens": 6, "batch_size": 8},
+    "loop": {
+        "rounds": 2,
+        "budget": 12,
+        "skill_suites": ["arithmetic", "logic"],
+        "sentinel_suites": ["sentinel_math", "general_nll"],
+        "eval_n": 8,
+        "sentinel_n": 4,
+        "weakness": {"metric": "extracted", "error_threshold": 0.0, "top_k": 2, "min_items": 1},
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 128},
+    },
+}
+
+
+def _cfg(store: Path, **loop: object):
+    over = json.loads(json.dumps(SMALL))
+    over["store"] = {"root": str(store)}
+    over["loop"].update(loop)
+    return load_config(None, over)
+
+
+def _eval_outputs(run_dir: Path) -> dict[str, list[tuple[str, str, bool | None]]]:
+    out = {}
+    for p in sorted(run_dir.glob("eval_*.jsonl")):
+        rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+        out[p.name] = sorted((r["sample_id"], r["output"], r["correct"]) for r in rows)
+    return out
+
+
+def _data(run_dir: Path) -> dict[str, list[str]]:
+    return {
+        p.name: [json.loads(x)["input_hash"] for x in p.read_text().splitlines() if x.strip()]
+        for p in sorted(run_dir.glob("data_*.jsonl"))
+    }
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    store = tmp_path_factory.mktemp("loop") / "s"
+    res = run_loop(_cfg(store))
+    return store, res
+
+
+def test_loop_runs_every_phase_and_writes_artifacts(full_run):
+    store, res = full_run
+    run_dir = Path(res.run_dir)
+    assert [(r.round, r.arm) for r in res.rounds] == [
+        (1, "targeted"),
+        (1, "random"),
+        (2, "targeted"),
+        (2, "random"),
+    ]
+    state = json.loads((run_dir / "state.json").read_text())
+    for tag in ("r1_targeted", "r1_random", "r2_targeted", "r2_random"):
+        for ph in ("data", "train", "gate"):
+            assert f"{tag}/{ph}" in state["done"]
+        assert (run_dir / "adapters" / tag / "adapter_model.safetensors").is_file()
+        assert (run_dir / "adapters" / tag / "train_result.json").is_file()
+    # same fixed evaluation items before and after, for every candidate
+    outs = _eval_outputs(run_dir)
+    ids = {name: [x[0] for x in rows] for name, rows in outs.items()}
+    assert len(set(map(tuple, ids.values()))) == 1 and len(outs) == 5
+    # accumulated data: round 2 contains round 1's data plus the new budget
+    data = _data(run_dir)
+    for arm in ("targeted", "random"):
+        r1, r2 = data[f"data_r1_{arm}.jsonl"], data[f"data_r2_{arm}.jsonl"]
+        assert r2[: len(r1)] == r1 and len(r2) > len(r1) and len(set(r2)) == len(r2)
+    # the targeted arm trains only on its weak categories; the control spans all skills
+    r1 = res.rounds[0]
+    assert r1.targets and r1.funnel.kept == 12
+    rows = [json.loads(x) for x in (run_dir / "data_r1_targeted.jsonl").read_text().splitlines()]
+    assert {(r["suite"], r["category"]) for r in rows} <= set(map(tuple, r1.targets))
+    # each round is judged by the gate and explained
+    for r in res.rounds:
+        assert r.gate["reasons"] and isinstance(r.accepted, bool)
+        assert r.train["n_examples"] == r.n_train
+    assert (run_dir / "report.html").is_file()
+    assert res.summary["targets"]
+    info = RunStore(store).get_run(res.run_id)
+    assert info.status == "completed" and info.kind == "run"
+
+
+def test_no_training_example_is_an_evaluation_item(full_run):
+    store, res = full_run
+    registry = NeverTrainRegistry.load(store / "never_train.json")
+    run_dir = Path(res.run_dir)
+    eval_hashes = {
+        json.loads(x)["input_hash"]
+        for x in (run_dir / "eval_r0_base.jsonl").read_text().splitlines()
+    }
+    assert len(registry) >= len(eval_hashes) > 0
+    for name, hashes in _data(run_dir).items():
+        assert not set(hashes) & eval_hashes
+        rows = [json.loads(x) for x in (run_dir / name).read_text().splitlines()]
+        assert all(isinstance(r["prompt"], str) and r["prompt"] not in registry for r in rows)
+
+
+def test_kill_during_training_then_resume_gives_the_same_records(full_run, tmp_path):
+    """SIGKILL inside round 1's random-arm training, resume, compare with the uninterrupted run."""
+    _store0, ref = full_run
+    store = tmp_path / "s"
+    cfg_path = tmp_path / "selfimprove.yaml"
+    import yaml
+
+    over = json.loads(json.dumps(SMALL))
+    over["store"] = {"root": str(store)}
+    cfg_path.write_text(yaml.safe_dump(over))
+    env = {**os.environ, "COLUMNS": "200", "SELFIMPROVE_FAULT": "kill:r1_random/train"}
+    cmd = [sys.executable, "-m", "selfimprove.cli", "run", "--config", str(cfg_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    (run_dir,) = (store / "runs").iterdir()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "r1_targeted/gate" in state["done"] and "r1_random/train" not in state["done"]
+    targeted_mtime = (run_dir / "adapters/r1_targeted/adapter_model.safetensors").stat().st_mtime
+
+    env.pop("SELFIMPROVE_FAULT")
+    res = subprocess.run(
+        [*cmd, "--resume", run_dir.name[:12]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Report:" in res.stdout
+    # finished work was not redone
+    assert (
+        run_dir / "adapters/r1_targeted/adapter_model.safetensors"
+    ).stat().st_mtime == targeted_mtime
+    ref_dir = Path(ref.run_dir)
+    assert _data(run_dir) == _data(ref_dir)
+    assert _eval_outputs(run_dir) == _eval_outputs(ref_dir)
+    got = json.loads((run_dir / "summary_rounds.json").read_text())
+    want = json.loads((ref_dir / "summary_rounds.json").read_text())
+    assert [(r["round"], r["arm"], r["accepted"], r["n_train"]) for r in got] == [
+        (r["round"], r["arm"], r["accepted"], r["n_train"]) for r in want
+    ]
+    info = RunStore(store).get_run(run_dir.name)
+    assert info.status == "completed"
