@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from selfimprove.engine import Engine
@@ -28,3 +30,39 @@ def tiny_gpt2(fp32_runtime):
 def real_engine():
     """The embedded SmolLM2-135M-Instruct (converted once into the cache)."""
     return Engine(load_model("embedded"), runtime=resolve_runtime(None, "auto"))
+
+
+# A small, fast loop on the tiny model: 2 rounds x 2 arms, a few items per suite.
+_SMALL_LOOP = {
+    "model": {"name": "tiny-llama"},
+    "runtime": {"threads": 2, "dtype": "fp32"},
+    "generation": {"max_new_tokens": 6, "batch_size": 8},
+    "loop": {
+        "rounds": 2,
+        "budget": 12,
+        "skill_suites": ["arithmetic", "logic"],
+        "sentinel_suites": ["sentinel_math", "general_nll"],
+        "eval_n": 8,
+        "sentinel_n": 4,
+        "weakness": {"metric": "extracted", "error_threshold": 0.0, "top_k": 2, "min_items": 1},
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 128},
+    },
+}
+
+
+@pytest.fixture
+def small_loop():
+    """Config overrides (a fresh nested dict) for a small loop on tiny-llama."""
+    return copy.deepcopy(_SMALL_LOOP)
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory):
+    """One finished small loop run: ``(store_root, LoopResult)``."""
+    from selfimprove.config import load_config
+    from selfimprove.loop import run_loop
+
+    store = tmp_path_factory.mktemp("loop") / "s"
+    over = copy.deepcopy(_SMALL_LOOP)
+    over["store"] = {"root": str(store)}
+    return store, run_loop(load_config(None, over))

@@ -9,36 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from selfimprove.config import load_config
-from selfimprove.loop import run_loop
 from selfimprove.store import RunStore
 from selfimprove.tasks.never_train import NeverTrainRegistry
-
-# A small, fast loop: 2 rounds x 2 arms, a few items per suite, short generations.
-SMALL = {
-    "model": {"name": "tiny-llama"},
-    "runtime": {"threads": 2, "dtype": "fp32"},
-    "generation": {"max_new_tokens": 6, "batch_size": 8},
-    "loop": {
-        "rounds": 2,
-        "budget": 12,
-        "skill_suites": ["arithmetic", "logic"],
-        "sentinel_suites": ["sentinel_math", "general_nll"],
-        "eval_n": 8,
-        "sentinel_n": 4,
-        "weakness": {"metric": "extracted", "error_threshold": 0.0, "top_k": 2, "min_items": 1},
-        "train": {"epochs": 1, "batch_size": 4, "max_length": 128},
-    },
-}
-
-
-def _cfg(store: Path, **loop: object):
-    over = json.loads(json.dumps(SMALL))
-    over["store"] = {"root": str(store)}
-    over["loop"].update(loop)
-    return load_config(None, over)
 
 
 def _eval_outputs(run_dir: Path) -> dict[str, list[tuple[str, str, bool | None]]]:
@@ -54,13 +26,6 @@ def _data(run_dir: Path) -> dict[str, list[str]]:
         p.name: [json.loads(x)["input_hash"] for x in p.read_text().splitlines() if x.strip()]
         for p in sorted(run_dir.glob("data_*.jsonl"))
     }
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    store = tmp_path_factory.mktemp("loop") / "s"
-    res = run_loop(_cfg(store))
-    return store, res
 
 
 def test_loop_runs_every_phase_and_writes_artifacts(full_run):
@@ -117,14 +82,14 @@ def test_no_training_example_is_an_evaluation_item(full_run):
         assert all(isinstance(r["prompt"], str) and r["prompt"] not in registry for r in rows)
 
 
-def test_kill_during_training_then_resume_gives_the_same_records(full_run, tmp_path):
+def test_kill_during_training_then_resume_gives_the_same_records(full_run, small_loop, tmp_path):
     """SIGKILL inside round 1's random-arm training, resume, compare with the uninterrupted run."""
     _store0, ref = full_run
     store = tmp_path / "s"
     cfg_path = tmp_path / "selfimprove.yaml"
     import yaml
 
-    over = json.loads(json.dumps(SMALL))
+    over = small_loop
     over["store"] = {"root": str(store)}
     cfg_path.write_text(yaml.safe_dump(over))
     env = {**os.environ, "COLUMNS": "200", "SELFIMPROVE_FAULT": "kill:r1_random/train"}
