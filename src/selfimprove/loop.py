@@ -20,6 +20,7 @@ evaluation or one training run.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -44,13 +45,21 @@ from selfimprove.evaluate import (
 from selfimprove.models import LoadedModel, attach_adapter, load_model
 from selfimprove.runtime import resolve_runtime
 from selfimprove.store import RunStore, atomic_write_text, collect_provenance
-from selfimprove.synth import Funnel, random_control_samples, templated_variations
+from selfimprove.synth import (
+    Funnel,
+    SelfDataConfig,
+    random_control_samples,
+    self_generated_data,
+    templated_variations,
+)
+from selfimprove.synth.self_generated import normalize_text
 from selfimprove.tasks.never_train import NeverTrainRegistry
 from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas
 
 log = logging.getLogger(__name__)
 
 Arm = Literal["targeted", "random"]
+_ARMS: tuple[Arm, ...] = ("targeted", "random")
 SENTINELS = [
     "sentinel_math",
     "sentinel_reasoning",
@@ -67,12 +76,13 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(3, ge=1, le=20, description="Improvement rounds per arm.")
     budget: int = Field(160, ge=4, description="New training examples per round per arm.")
-    arms: list[Arm] = Field(default_factory=lambda: ["targeted", "random"])
+    arms: list[Arm] = Field(default_factory=lambda: list(_ARMS))
     skill_suites: list[str] = Field(default_factory=lambda: ["skills"])
     sentinel_suites: list[str] = Field(default_factory=lambda: list(SENTINELS))
     eval_n: int = Field(40, ge=4, description="Fixed evaluation items per skill suite.")
     sentinel_n: int = Field(40, ge=4, description="Fixed evaluation items per sentinel suite.")
     weakness: WeaknessConfig = Field(default_factory=WeaknessConfig)
+    self_data: SelfDataConfig = Field(default_factory=SelfDataConfig)
     weight_policy: Literal["uniform", "confidence", "inverse"] = "uniform"
     seed: int = 0
     train: dict[str, Any] = Field(
@@ -91,6 +101,7 @@ class ArmRound(BaseModel):
     weak_areas: list[WeakArea] = Field(default_factory=list)
     targets: list[tuple[str, str]] = Field(default_factory=list)
     funnel: Funnel = Field(default_factory=Funnel)
+    self_funnel: dict[str, int] = Field(default_factory=dict)
     n_train: int = 0
     train: dict[str, Any] = Field(default_factory=dict)
     gate: dict[str, Any] = Field(default_factory=dict)
@@ -175,6 +186,21 @@ def _eval_phase(
     return [
         EvalRecord.model_validate(r) for r in store.read_records(run_id, fname, skip_corrupt=True)
     ]
+
+
+def _norm_row(r: dict[str, Any]) -> str:
+    p = r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
+    return normalize_text(p + " " + r["completion"])
+
+
+def _fmt_funnel(f: dict[str, int]) -> str:
+    keys = (
+        "star_verified",
+        "rationalize_verified",
+        "critique_verified",
+        "variation_parsed_verified",
+    )
+    return ", ".join(f"{k.split('_')[0]} {f[k]}" for k in keys if k in f) or "no self data"
 
 
 def _fault(point: str) -> None:
@@ -359,39 +385,94 @@ def run_loop(
                                 for (s, c), a in zip(ar.targets, ar.weak_areas, strict=True)
                             )
                         )
-                        new, funnel = templated_variations(
-                            ar.targets, lcfg.budget, seed_key=seed_key, registry=registry, seen=seen
-                        )
+                        draw = functools.partial(templated_variations, ar.targets)
                     else:
-                        new, funnel = random_control_samples(
-                            lcfg.budget,
-                            seed_key=seed_key,
-                            registry=registry,
-                            seen=seen,
-                            suites=[s.name for s in skills],
+                        draw = functools.partial(
+                            random_control_samples, suites=[s.name for s in skills]
                         )
                         # the control is judged on the same categories as the targeted arm
                         tgt = by_round.get((rnd, "targeted"))
                         ar.targets = list(tgt.targets) if tgt is not None else []
+                    # both arms use the same pipeline; only the choice of categories differs
+                    n_self = round(lcfg.budget * lcfg.self_data.fraction)
+                    new, funnel = draw(lcfg.budget, seed_key=seed_key, registry=registry, seen=seen)
+                    pool, gold = new[:n_self], new[n_self:]
+                    self_rows: list[dict[str, Any]] = []
+                    pairs: list[dict[str, Any]] = []
+                    if pool:
+                        hook.phase(
+                            f"Self-generated data: STaR x{lcfg.self_data.star_k}, critique, "
+                            f"variations on {len(pool)} fresh items"
+                        )
+                        seen_text = {_norm_row(r) for r in prev_data}
+                        kept, ar.self_funnel = self_generated_data(
+                            engine_for(phases.state.current.get(arm)),
+                            pool,
+                            n_self,
+                            lcfg.self_data,
+                            seed=lcfg.seed + 1000 * rnd,
+                            registry=registry,
+                            seen=seen_text,
+                            batch_size=gen.batch_size,
+                        )
+                        for k_ in kept:
+                            self_rows.append(
+                                {
+                                    "id": k_.sample_id,
+                                    "suite": k_.suite,
+                                    "category": k_.category,
+                                    "input_hash": k_.input_hash,
+                                    "prompt": k_.prompt,
+                                    "completion": k_.completion,
+                                    "source": k_.source,
+                                    "round": rnd,
+                                }
+                            )
+                            if k_.rejected is not None:
+                                pairs.append(
+                                    {
+                                        "prompt": k_.prompt,
+                                        "chosen": k_.completion,
+                                        "rejected": k_.rejected,
+                                        "id": k_.sample_id,
+                                        "round": rnd,
+                                    }
+                                )
+                        short = n_self - len(kept)
+                        if short > 0:  # keep the example budget equal across arms
+                            more, f2 = draw(
+                                short, seed_key=seed_key + ":fill", registry=registry, seen=seen
+                            )
+                            gold = gold + more
+                            funnel = funnel.merge(f2)
                     ar.funnel = funnel
-                    rows = prev_data + [
-                        {
-                            "id": s.id,
-                            "suite": su,
-                            "category": s.category,
-                            "input_hash": s.input_hash(),
-                            "prompt": s.input
-                            if isinstance(s.input, str)
-                            else [m.model_dump() for m in s.input],
-                            "completion": t_.reference(s),
-                            "round": rnd,
-                        }
-                        for su, t_, s in new
-                    ]
+                    rows = (
+                        prev_data
+                        + self_rows
+                        + [
+                            {
+                                "id": s.id,
+                                "suite": su,
+                                "category": s.category,
+                                "input_hash": s.input_hash(),
+                                "prompt": s.input
+                                if isinstance(s.input, str)
+                                else [m.model_dump() for m in s.input],
+                                "completion": t_.reference(s),
+                                "source": "templated",
+                                "round": rnd,
+                            }
+                            for su, t_, s in gold
+                        ]
+                    )
+                    if pairs:
+                        store.write_records(run_id, f"pairs_{tag}.jsonl", pairs)
                     store.write_records(run_id, data_file, rows)
                     ar.seconds["data"] = round(time.time() - t, 1)
                     hook.phase(
-                        f"Targeted data: drew {funnel.drawn}, kept {funnel.kept} new; {len(rows)} accumulated"
+                        f"Targeted data: {len(self_rows)} self-generated + "
+                        f"{len(rows) - len(prev_data) - len(self_rows)} templated new "
+                        f"({_fmt_funnel(ar.self_funnel)}); {len(rows)} accumulated"
                     )
                     phases.mark(f"{tag}/data")
                 rows = store.read_records(run_id, data_file)

@@ -129,7 +129,7 @@ def random_control_samples(
         if t.generator is not None
     ]
     rng = random.Random(f"control:{seed_key}")
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     for _ in range(n_total):
         su, t = rng.choice(tasks)
         counts[(su, t.name)] = counts.get((su, t.name), 0) + 1

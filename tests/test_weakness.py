@@ -1,0 +1,87 @@
+"""Weak-area ranking and failure classification on synthetic records with known truth."""
+
+from __future__ import annotations
+
+import math
+
+from selfimprove.evaluate import EvalRecord
+from selfimprove.weakness import WeaknessConfig, classify_failure, rank_weak_areas
+
+
+def _rec(suite, cat, i, correct, format_ok, extracted="5", ref_nll=1.0):
+    return EvalRecord(
+        suite=suite,
+        task=cat,
+        category=cat,
+        sample_id=f"{cat}/{i}",
+        input_hash=f"{cat}{i}",
+        mode="generate",
+        target="5",
+        output="x",
+        extracted=extracted,
+        correct=correct,
+        format_ok=format_ok,
+        ref_nll=ref_nll,
+    )
+
+
+def _records():
+    rs = []
+    rs += [_rec("s", "hard", i, False, True, ref_nll=3.0) for i in range(20)]  # 100% wrong
+    rs += [_rec("s", "mid", i, i < 10, True) for i in range(20)]  # 50% wrong
+    rs += [_rec("s", "easy", i, i != 0, True) for i in range(20)]  # 5% wrong
+    rs += [_rec("s", "fmt", i, True, False) for i in range(20)]  # right answer, bad format
+    rs += [_rec("s", "tiny", i, False, True) for i in range(3)]  # too few items
+    rs += [_rec("sentinel_math", "hard2", i, False, True) for i in range(20)]
+    return rs
+
+
+def test_classify_failure_types():
+    assert classify_failure(_rec("s", "c", 0, True, True)) is None
+    assert classify_failure(_rec("s", "c", 0, True, False)) == "format_error"
+    assert classify_failure(_rec("s", "c", 0, True, False), "extracted") is None
+    assert classify_failure(_rec("s", "c", 0, False, False, extracted=None)) == "no_answer"
+    assert classify_failure(_rec("s", "c", 0, False, True, extracted="7")) == "wrong_answer"
+
+
+def test_ranking_selects_weakest_with_threshold_top_k_and_min_items():
+    areas = rank_weak_areas(
+        _records(),
+        WeaknessConfig(metric="strict", error_threshold=0.3, top_k=2, min_items=5),
+        exclude_suites=["sentinel_math"],
+    )
+    names = [a.category for a in areas]
+    assert "hard2" not in names  # sentinels are never targets
+    sel = [a.category for a in areas if a.selected]
+    assert set(sel) == {"hard", "fmt"}  # both 100% wrong under strict; mid beyond top_k
+    mid = next(a for a in areas if a.category == "mid")
+    assert not mid.selected and "top_k" in mid.reason
+    tiny = next(a for a in areas if a.category == "tiny")
+    assert not tiny.selected and "3 items" in tiny.reason
+    hard = next(a for a in areas if a.category == "hard")
+    assert hard.failure_types == {"wrong_answer": 20} and hard.error_ci[0] > 0.8
+    assert math.isclose(hard.ref_perplexity, math.exp(3.0))
+    fmt = next(a for a in areas if a.category == "fmt")
+    assert fmt.failure_types == {"format_error": 20}
+
+
+def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
+    areas = rank_weak_areas(
+        _records(),
+        WeaknessConfig(metric="extracted", error_threshold=0.9, top_k=4, perplexity_threshold=None),
+    )
+    assert {a.category for a in areas if a.selected} == {"hard", "hard2"}
+    fmt = next(a for a in areas if a.category == "fmt")
+    assert fmt.error_rate == 0.0 and not fmt.selected
+    areas = rank_weak_areas(
+        _records(),
+        WeaknessConfig(metric="extracted", error_threshold=1.0, perplexity_threshold=3.0),
+        exclude_suites=["sentinel_math"],
+    )
+    assert {a.category for a in areas if a.selected} == {"hard"}  # e^3 > 3 > e^1
+    areas = rank_weak_areas(
+        _records(),
+        WeaknessConfig(metric="extracted", error_threshold=1.0, perplexity_threshold=2.0),
+        exclude_suites=["sentinel_math"],
+    )
+    assert {a.category for a in areas if a.selected} == {"hard", "mid", "easy", "fmt"}
