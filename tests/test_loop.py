@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from selfimprove.store import RunStore
 from selfimprove.tasks.never_train import NeverTrainRegistry
 
@@ -57,7 +59,7 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     assert r1.targets
     for r in res.rounds:  # the same example budget in both arms, every round
         assert r.n_train == 12 * r.round
-        assert r.self_funnel["pool"] == 6  # half the budget went to self-generation
+        assert r.self_funnel["pool"] == 3  # a quarter of the budget went to self-generation
     rows = [json.loads(x) for x in (run_dir / "data_r1_targeted.jsonl").read_text().splitlines()]
     assert {(r["suite"], r["category"]) for r in rows} <= set(map(tuple, r1.targets))
     # each round is judged by the gate and explained
@@ -129,3 +131,45 @@ def test_kill_during_training_then_resume_gives_the_same_records(full_run, small
     ]
     info = RunStore(store).get_run(run_dir.name)
     assert info.status == "completed"
+
+
+def _recs(correct: list[bool], cat: str = "c") -> list:
+    from selfimprove.evaluate import EvalRecord
+
+    return [
+        EvalRecord(
+            suite="s",
+            task=cat,
+            category=cat,
+            sample_id=f"{cat}/{i}",
+            input_hash=str(i),
+            mode="generate",
+            target="1",
+            correct=c,
+            format_ok=True,
+        )
+        for i, c in enumerate(correct)
+    ]
+
+
+def test_efficiency_recovers_planted_gains_with_bootstrap_cis():
+    from selfimprove.loop import efficiency
+
+    n = 200
+    base = _recs([i % 10 == 0 for i in range(n)])  # 10%
+    tgt = _recs([i % 10 in (0, 1, 2, 3, 4) for i in range(n)])  # 50%: +40 pts
+    rnd = _recs([i % 10 in (0, 1) for i in range(n)])  # 20%: +10 pts
+    other = _recs([True] * n, cat="other")  # not a target: ignored
+    e = efficiency(base + other, tgt + other, rnd, [("s", "c")], "extracted", seed=1)
+    assert e["n_items"] == n
+    assert abs(e["gain_targeted"] - 0.4) < 1e-9 and abs(e["gain_random"] - 0.1) < 1e-9
+    assert e["ratio"] == pytest.approx(4.0)
+    lo, hi = e["ratio_ci"]
+    assert lo < 4.0 < hi and lo > 2.0
+    assert e["difference_ci"][0] > 0.2
+    # null: both arms equal -> the difference CI covers 0
+    e0 = efficiency(base, rnd, rnd, [("s", "c")], "extracted")
+    assert e0["difference"] == 0 and e0["difference_ci"][0] <= 0 <= e0["difference_ci"][1]
+    # no random gain -> ratio undefined, said so
+    e1 = efficiency(base, tgt, base, [("s", "c")], "extracted")
+    assert e1["ratio"] is None and e1["ratio_ci"] is None and e1["ratio_defined_fraction"] == 0

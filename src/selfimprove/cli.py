@@ -299,6 +299,19 @@ def run_cmd(
         )
     console.print(t)
     s = result.summary
+    arms_ = list(s.get("accepted_rounds", {}))
+    ct = Table(title=f"Per-category {s.get('metric')} accuracy, % [95% CI] (* = targeted)")
+    for c in ("suite", "category", "n", "before", *[f"after ({a})" for a in arms_]):
+        ct.add_column(c, justify="right" if c not in ("suite", "category") else "left")
+    for row in s.get("per_category", []):
+        ct.add_row(
+            row["suite"],
+            ("* " if row["target"] else "") + row["category"],
+            str(row["n"]),
+            _fmt_rate(row["before"], row["before_ci"]),
+            *[_fmt_rate(row.get(f"after_{a}"), row.get(f"after_{a}_ci")) for a in arms_],
+        )
+    console.print(ct)
     console.print(
         f"Target accuracy ({s.get('metric')}) before {_fmt_rate(s.get('target_acc_before'))}%  "
         + "  ".join(
@@ -306,12 +319,92 @@ def run_cmd(
             for arm in s.get("accepted_rounds", {})
         )
     )
-    eff = s.get("efficiency_ratio")
-    console.print(
-        f"Efficiency ratio (gain per example, targeted ÷ random): {'–' if eff is None else f'{eff:.2f}'}"
-    )
+    e = s.get("efficiency") or {}
+    if e.get("n_items"):
+        ratio = e.get("ratio")
+        rci = e.get("ratio_ci")
+        console.print(
+            f"Last round, {e['n_items']} target items: gain targeted "
+            f"{100 * e['gain_targeted']:+.1f} pts [{100 * e['gain_targeted_ci'][0]:+.1f}, "
+            f"{100 * e['gain_targeted_ci'][1]:+.1f}], random {100 * e['gain_random']:+.1f} pts "
+            f"[{100 * e['gain_random_ci'][0]:+.1f}, {100 * e['gain_random_ci'][1]:+.1f}]; "
+            f"efficiency ratio (targeted ÷ random, same example count): "
+            + ("undefined (random gain ≤ 0)" if ratio is None else f"{ratio:.2f}")
+            + (f" [{rci[0]:.2f}, {rci[1]:.2f}]" if rci else "")
+        )
     console.print(f"Report: {s.get('report')}")
     console.print(f"Run [bold]{result.run_id}[/] saved to {result.run_dir}")
+
+
+@app.command()
+def sweep(
+    knob: Annotated[
+        str,
+        typer.Option(
+            help="threshold (weak-area error threshold) | filtering (perplexity cap on "
+            "model-written replies) | variations (share of model-generated data)."
+        ),
+    ],
+    values: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated values (default: a 3-point grid for the knob)."),
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model to improve.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds per point (default 1).")] = 1,
+    budget: Annotated[int | None, typer.Option(help="Examples per round per arm.")] = None,
+    store: StoreOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """Run the loop once per value of one knob and tabulate the outcomes (experiment variations)."""
+    _verbosity(verbose)
+    from selfimprove.config import load_config
+    from selfimprove.errors import ConfigError
+    from selfimprove.loop import run_sweep
+
+    cfg = load_config(
+        config,
+        {
+            "model": {"name": model},
+            "loop": {"rounds": rounds, "budget": budget},
+            "store": {"root": store},
+        },
+    )
+    vals = None
+    if values:
+        try:
+            vals = [float(v) for v in values.split(",")]
+        except ValueError as err:
+            raise ConfigError(f"--values must be comma-separated numbers, got {values!r}.") from err
+    hook = RichHook()
+    try:
+        rows = run_sweep(cfg, knob, vals, hook=hook)
+    finally:
+        hook.close()
+    t = Table(title=f"Sweep over {knob}")
+    arms_ = cfg.loop.arms
+    for c in (
+        "value",
+        "run",
+        "targets",
+        "before",
+        *[f"after ({a})" for a in arms_],
+        "accepted",
+        "efficiency",
+    ):
+        t.add_column(c)
+    for r in rows:
+        eff = r.get("efficiency_ratio")
+        t.add_row(
+            str(r["value"]),
+            r["run_id"],
+            ", ".join(r.get("targets") or []),
+            _fmt_rate(r.get("target_acc_before")),
+            *[_fmt_rate(r.get(f"target_acc_after_{a}")) for a in arms_],
+            str(r.get("accepted_rounds")),
+            "–" if eff is None else f"{eff:.2f}",
+        )
+    console.print(t)
 
 
 @app.command()

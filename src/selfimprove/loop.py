@@ -75,12 +75,14 @@ class LoopConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(3, ge=1, le=20, description="Improvement rounds per arm.")
-    budget: int = Field(160, ge=4, description="New training examples per round per arm.")
+    budget: int = Field(128, ge=4, description="New training examples per round per arm.")
     arms: list[Arm] = Field(default_factory=lambda: list(_ARMS))
     skill_suites: list[str] = Field(default_factory=lambda: ["skills"])
     sentinel_suites: list[str] = Field(default_factory=lambda: list(SENTINELS))
-    eval_n: int = Field(40, ge=4, description="Fixed evaluation items per skill suite.")
-    sentinel_n: int = Field(40, ge=4, description="Fixed evaluation items per sentinel suite.")
+    eval_n: int = Field(
+        32, ge=4, description="Fixed evaluation items per skill suite (split over categories)."
+    )
+    sentinel_n: int = Field(24, ge=4, description="Fixed evaluation items per sentinel suite.")
     weakness: WeaknessConfig = Field(default_factory=WeaknessConfig)
     self_data: SelfDataConfig = Field(default_factory=SelfDataConfig)
     weight_policy: Literal["uniform", "confidence", "inverse"] = "uniform"
@@ -545,7 +547,14 @@ def run_loop(
                     evals[arm] = after
                 phases.save()
 
-        summary = summarize(phases.state.rounds, baseline, evals, lcfg, base_secs)
+        candidates: dict[tuple[int, str], list[EvalRecord]] = {
+            (r.round, str(r.arm)): [
+                EvalRecord.model_validate(x)
+                for x in store.read_records(run_id, f"eval_r{r.round}_{r.arm}.jsonl")
+            ]
+            for r in phases.state.rounds
+        }
+        summary = summarize(phases.state.rounds, baseline, evals, lcfg, base_secs, candidates)
         store.write_json(
             run_id, "summary_rounds.json", [r.model_dump(mode="json") for r in phases.state.rounds]
         )
@@ -568,8 +577,14 @@ def summarize(
     evals: dict[str, list[EvalRecord]],
     lcfg: LoopConfig,
     base_secs: float,
+    candidates: dict[tuple[int, str], list[EvalRecord]] | None = None,
 ) -> dict[str, Any]:
-    """Headline numbers: target-category accuracy before/after per arm and the efficiency ratio."""
+    """Headline numbers: target-category accuracy before/after per arm and the efficiency ratio.
+
+    ``evals`` are each arm's accepted model's records; ``candidates`` every round's candidate
+    records (accepted or not), from which the per-round curve and the efficiency comparison
+    (last round's candidates: both arms trained on the same number of examples) come.
+    """
     targets = sorted({t for r in rounds if r.arm == "targeted" for t in r.targets})
     metric = lcfg.weakness.metric
     out: dict[str, Any] = {"targets": [f"{s}/{c}" for s, c in targets], "metric": metric}
@@ -591,4 +606,176 @@ def summarize(
     else:
         out["efficiency_ratio"] = None
     out["baseline_eval_seconds"] = round(base_secs, 1)
+    if candidates:
+        out["per_round"] = [
+            {
+                "round": rnd,
+                "arm": arm,
+                "target_acc": _target_accuracy(recs, targets, metric),
+                "n_train": next((r.n_train for r in rounds if (r.round, r.arm) == (rnd, arm)), 0),
+                "accepted": any(r.accepted for r in rounds if (r.round, r.arm) == (rnd, arm)),
+            }
+            for (rnd, arm), recs in sorted(candidates.items())
+        ]
+        last = max(rnd for rnd, _a in candidates)
+        if (last, "targeted") in candidates and (last, "random") in candidates:
+            out["efficiency"] = efficiency(
+                baseline,
+                candidates[(last, "targeted")],
+                candidates[(last, "random")],
+                targets,
+                metric,
+                seed=lcfg.seed,
+            )
+    # per-category accuracy (with Wilson 95% CIs) before and after, every scored category
+    strict = metric == "strict"
+
+    def acc_map(recs: Sequence[EvalRecord]) -> dict[tuple[str, str], Any]:
+        m = {}
+        for c in aggregate(recs):
+            v, ci = (c.strict_accuracy, c.strict_ci) if strict else (c.accuracy, c.accuracy_ci)
+            if v is not None:
+                m[(c.suite, c.category)] = (v, ci, c.n)
+        return m
+
+    before = acc_map(baseline)
+    after = {arm: acc_map(recs) for arm, recs in evals.items()}
+    out["per_category"] = [
+        {
+            "suite": su,
+            "category": ca,
+            "target": (su, ca) in set(targets),
+            "n": n,
+            "before": v,
+            "before_ci": ci,
+            **{f"after_{arm}": after[arm].get((su, ca), (None, None, 0))[0] for arm in after},
+            **{f"after_{arm}_ci": after[arm].get((su, ca), (None, None, 0))[1] for arm in after},
+        }
+        for (su, ca), (v, ci, n) in sorted(before.items())
+    ]
     return json.loads(json.dumps(out))
+
+
+def efficiency(
+    baseline: Sequence[EvalRecord],
+    targeted: Sequence[EvalRecord],
+    random_arm: Sequence[EvalRecord],
+    targets: Sequence[tuple[str, str]],
+    metric: str,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Targeted vs random gain on the target items, with paired-bootstrap 95% CIs.
+
+    Both arms were trained on the same number of examples, so the ratio of gains is the
+    ratio of gains per example. Items are resampled jointly (the same items were evaluated
+    under the base and both candidates). The ratio is undefined when the random arm's gain
+    is not positive; its CI uses the resamples where it is, and says how many those were.
+    """
+    import numpy as np
+
+    tset = set(targets)
+
+    def ok(r: EvalRecord) -> float:
+        return float(bool(r.correct and r.format_ok) if metric == "strict" else bool(r.correct))
+
+    maps = [
+        {_key(r): ok(r) for r in recs if (r.suite, r.category) in tset and r.correct is not None}
+        for recs in (baseline, targeted, random_arm)
+    ]
+    keys = sorted(set(maps[0]) & set(maps[1]) & set(maps[2]))
+    if not keys:
+        return {"n_items": 0}
+    m = np.array([[mp[k] for k in keys] for mp in maps])  # 3 x n
+    gain_t, gain_r = m[1] - m[0], m[2] - m[0]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(keys), size=(n_boot, len(keys)))
+    bt, br = gain_t[idx].mean(1), gain_r[idx].mean(1)
+    pos = br > 0
+    gt, gr = float(gain_t.mean()), float(gain_r.mean())
+    return {
+        "n_items": len(keys),
+        "gain_targeted": gt,
+        "gain_targeted_ci": [float(np.quantile(bt, 0.025)), float(np.quantile(bt, 0.975))],
+        "gain_random": gr,
+        "gain_random_ci": [float(np.quantile(br, 0.025)), float(np.quantile(br, 0.975))],
+        "difference": gt - gr,
+        "difference_ci": [
+            float(np.quantile(bt - br, 0.025)),
+            float(np.quantile(bt - br, 0.975)),
+        ],
+        "ratio": gt / gr if gr > 0 else None,
+        "ratio_ci": (
+            [
+                float(np.quantile(bt[pos] / br[pos], 0.025)),
+                float(np.quantile(bt[pos] / br[pos], 0.975)),
+            ]
+            if pos.mean() > 0.5
+            else None
+        ),
+        "ratio_defined_fraction": float(pos.mean()),
+    }
+
+
+# --------------------------------------------------------------------------- sweeps
+
+#: The users' "experiment variations": knob -> (dotted config path, default grid).
+SWEEP_KNOBS: dict[str, tuple[str, list[Any]]] = {
+    "threshold": ("weakness.error_threshold", [0.3, 0.5, 0.7]),
+    "filtering": ("self_data.ppl_max", [15.0, 60.0, 1e9]),
+    "variations": ("self_data.fraction", [0.0, 0.25, 0.5]),
+}
+
+
+def run_sweep(
+    cfg: Any,
+    knob: str,
+    values: Sequence[Any] | None = None,
+    *,
+    hook: ProgressHook | None = None,
+) -> list[dict[str, Any]]:
+    """Run one loop per value of ``knob`` (other settings from ``cfg``) and tabulate outcomes.
+
+    Each point is its own run in the store (resumable with ``selfimprove run --resume``); the
+    table is also written to ``<store>/sweeps/<knob>-<time>.json``.
+    """
+    from selfimprove.errors import ConfigError
+
+    if knob not in SWEEP_KNOBS:
+        raise ConfigError(f"Unknown sweep knob {knob!r}; choose one of {', '.join(SWEEP_KNOBS)}.")
+    path, grid = SWEEP_KNOBS[knob]
+    hook = hook or ProgressHook()
+    rows = []
+    for v in values if values is not None else grid:
+        point = cfg.model_copy(deep=True)
+        loop_dump = point.loop.model_dump()
+        node = loop_dump
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+        point.loop = LoopConfig.model_validate(loop_dump)
+        hook.phase(f"Sweep {knob}: loop.{path} = {v}")
+        res = run_loop(point, hook=hook)
+        s = res.summary
+        rows.append(
+            {
+                "knob": knob,
+                "value": v,
+                "run_id": res.run_id,
+                "targets": s.get("targets"),
+                "target_acc_before": s.get("target_acc_before"),
+                **{k: v_ for k, v_ in s.items() if k.startswith("target_acc_after_")},
+                "accepted_rounds": s.get("accepted_rounds"),
+                "efficiency_ratio": s.get("efficiency_ratio"),
+                "examples": {
+                    arm: max((r.n_train for r in res.rounds if r.arm == arm), default=0)
+                    for arm in point.loop.arms
+                },
+            }
+        )
+    out = Path(cfg.store.root) / "sweeps" / f"{knob}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(rows, indent=1))
+    return rows

@@ -31,8 +31,9 @@ class WeaknessConfig(BaseModel):
 
     model_config = {"extra": "forbid"}
     metric: Metric = Field(
-        "strict",
-        description="Error of 'strict' (correct AND strict format) or 'extracted' accuracy.",
+        "extracted",
+        description="Error of 'extracted' accuracy (the skill: answer found anywhere) or "
+        "'strict' (correct AND strict format; at baseline nearly every category fails it).",
     )
     error_threshold: float = Field(
         0.3, ge=0.0, le=1.0, description="A category is weak if its error rate is at least this."
@@ -43,7 +44,7 @@ class WeaknessConfig(BaseModel):
         description="Also weak if the gold answer's perplexity exp(mean ref NLL) exceeds this.",
     )
     top_k: int = Field(4, ge=1, description="At most this many weak areas per round.")
-    min_items: int = Field(5, ge=1, description="Ignore categories with fewer scored items.")
+    min_items: int = Field(3, ge=1, description="Ignore categories with fewer scored items.")
 
 
 class WeakArea(BaseModel):

@@ -47,18 +47,18 @@ class SelfDataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     fraction: float = Field(
-        0.5,
+        0.25,
         ge=0.0,
         le=1.0,
         description="Share of the targeted budget to fill with verified model-generated "
         "examples (STaR, critique, variations); templated gold items fill the rest.",
     )
-    star_k: int = Field(4, ge=1, description="Samples per item for STaR.")
+    star_k: int = Field(2, ge=1, description="Samples per item for STaR.")
     rationalize: bool = Field(True, description="STaR with the gold answer as a hint.")
     critique: bool = Field(True, description="Self-critique and revision of wrong replies.")
     variations: bool = Field(True, description="Model-written variations of failed items.")
     temperature: float = Field(0.8, gt=0.0, description="Sampling temperature.")
-    max_new_tokens: int = Field(96, ge=8)
+    max_new_tokens: int = Field(64, ge=4, description="Length cap of generated replies.")
     ppl_max: float = Field(
         60.0, gt=1.0, description="Drop model-written replies above this reference perplexity."
     )
