@@ -68,20 +68,26 @@ def test_ranking_selects_weakest_with_threshold_top_k_and_min_items():
 def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
     areas = rank_weak_areas(
         _records(),
-        WeaknessConfig(metric="extracted", error_threshold=0.9, top_k=4, perplexity_threshold=None),
+        WeaknessConfig(
+            metric="extracted", error_threshold=0.9, top_k=4, perplexity_threshold=None, min_items=5
+        ),
     )
     assert {a.category for a in areas if a.selected} == {"hard", "hard2"}
     fmt = next(a for a in areas if a.category == "fmt")
     assert fmt.error_rate == 0.0 and not fmt.selected
     areas = rank_weak_areas(
         _records(),
-        WeaknessConfig(metric="extracted", error_threshold=1.0, perplexity_threshold=3.0),
+        WeaknessConfig(
+            metric="extracted", error_threshold=1.0, perplexity_threshold=3.0, min_items=5
+        ),
         exclude_suites=["sentinel_math"],
     )
     assert {a.category for a in areas if a.selected} == {"hard"}  # e^3 > 3 > e^1
     areas = rank_weak_areas(
         _records(),
-        WeaknessConfig(metric="extracted", error_threshold=1.0, perplexity_threshold=2.0),
+        WeaknessConfig(
+            metric="extracted", error_threshold=1.0, perplexity_threshold=2.0, min_items=5
+        ),
         exclude_suites=["sentinel_math"],
     )
     assert {a.category for a in areas if a.selected} == {"hard", "mid", "easy", "fmt"}
