@@ -130,6 +130,9 @@ def test_eval_list_show_round_trip(tmp_path):
     run_id = next(p.name for p in (tmp_path / "s" / "runs").iterdir())
     shown = _run("runs", "show", run_id[:15], "--store", store, cwd=tmp_path)
     assert shown.returncode == 0 and run_id in shown.stdout and "add_1d" in shown.stdout
+    md = _run("runs", "show", run_id, "--store", store, "--markdown", cwd=tmp_path)
+    assert md.returncode == 0 and md.stdout.startswith("| suite | category | n |")
+    assert "| arithmetic | add_1d |" in md.stdout
     recs = (tmp_path / "s" / "runs" / run_id / "records.jsonl").read_text().splitlines()
     assert len(recs) == 8
     assert (tmp_path / "s" / "never_train.json").is_file()

@@ -115,6 +115,25 @@ def _fmt_rate(x: float | None, ci: Any = None) -> str:
     return s
 
 
+def metrics_markdown(metrics: list[Any]) -> str:
+    """The metrics as a GitHub Markdown table (rates in %, 95% CIs in brackets)."""
+
+    def pct(v: Any, ci: Any) -> str:
+        return "–" if v is None else _fmt_rate(v, ci).strip()
+
+    lines = [
+        "| suite | category | n | strict acc % [95% CI] | extracted acc % [95% CI] | format % | ref NLL |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in metrics:
+        lines.append(
+            f"| {m.suite} | {m.category} | {m.n} | {pct(m.strict_accuracy, m.strict_ci)} | "
+            f"{pct(m.accuracy, m.accuracy_ci)} | {pct(m.format_rate, None)} | "
+            f"{'–' if m.ref_nll is None else f'{m.ref_nll:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def metrics_table(metrics: list[Any], title: str) -> Table:
     t = Table(title=title, show_lines=False)
     for col, just in [
@@ -482,6 +501,9 @@ def runs_list(
 def runs_show(
     run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
     store: StoreOpt = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print only the metrics as a Markdown table.")
+    ] = False,
 ) -> None:
     """Show one run: status, config, provenance summary and its metrics table."""
     from selfimprove.evaluate import CategoryMetrics
@@ -489,6 +511,13 @@ def runs_show(
 
     st = RunStore(store or "selfimprove_runs")
     r = st.get_run(run_id)
+    if markdown:
+        mp = Path(r.path) / "metrics.json"
+        if not mp.is_file():
+            raise typer.BadParameter(f"run {r.id} has no metrics.json (not an evaluation run?)")
+        ms = [CategoryMetrics.model_validate(m) for m in json.loads(mp.read_text())]
+        print(metrics_markdown(ms))
+        return
     console.print(
         f"[bold]{r.id}[/]  kind={r.kind}  status={r.status}  model={r.model}  seed={r.seed}"
     )
