@@ -116,6 +116,25 @@ def _bar_chart(title: str, rows: list[tuple[str, float, float, float]], width: i
     return "".join(parts)
 
 
+def _self_funnel(f: dict[str, int]) -> str:
+    if not f:
+        return "none"
+    parts = [
+        ("pool", "items"),
+        ("star_sampled", "STaR samples"),
+        ("star_verified", "verified"),
+        ("rationalize_verified", "rationalized"),
+        ("critique_verified", "critique revisions"),
+        ("variation_written", "variations written"),
+        ("variation_parsed_verified", "parsed+solved"),
+        ("dropped_perplexity", "−perplexity"),
+        ("dropped_duplicate", "−dup"),
+        ("dropped_eval_overlap", "−eval overlap"),
+        ("kept", "kept"),
+    ]
+    return html.escape(", ".join(f"{label} {f[k]}" for k, label in parts if k in f))
+
+
 def render_run_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` for a loop run folder and return its path."""
     run_dir = Path(run_dir)
@@ -171,7 +190,8 @@ def render_run_report(run_dir: str | Path) -> Path:
             f"<td>{r['round']}</td><td>{cell(r['arm'])}</td>"
             f"<td>{cell(', '.join(f'{s}/{c}' for s, c in r.get('targets', [])))}</td>"
             f"<td>{f.get('drawn', 0)} → {f.get('kept', 0)} (eval overlap −{f.get('dropped_eval_overlap', 0)}, "
-            f"dup −{f.get('dropped_duplicate', 0)}, unverified −{f.get('dropped_unverified', 0)})</td>"
+            f"dup −{f.get('dropped_duplicate', 0)}, unverified −{f.get('dropped_unverified', 0)})"
+            f"<br><span class='small'>self-generated: {_self_funnel(r.get('self_funnel') or {})}</span></td>"
             f"<td>{r.get('n_train', 0)}</td><td>{cell(round(tr.get('final_loss') or 0, 4))}</td>"
             f"<td class='{'ok' if r.get('accepted') else 'bad'}'>{'accepted' if r.get('accepted') else 'rejected'}</td>"
             f"<td class='small'>{reasons}</td>"
