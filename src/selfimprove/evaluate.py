@@ -26,7 +26,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from selfimprove.engine import Engine
+from selfimprove.store import RunStore
 from selfimprove.tasks.base import Sample, Task
+from selfimprove.tasks.never_train import NeverTrainRegistry
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +280,18 @@ class EvalRun(BaseModel):
     runtime: dict[str, Any]
 
 
+def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegistry:
+    """Add every planned evaluation item to ``<store>/never_train.json`` (atomic) and return
+    the registry, which training code checks so no evaluation item is ever trained on."""
+    path = store.root / "never_train.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    registry = NeverTrainRegistry.load(path) if path.is_file() else NeverTrainRegistry()
+    for suite, _task, samples in plan:
+        registry.add(samples, source=f"eval:{suite.name}")
+    registry.save(path)
+    return registry
+
+
 def resolve_suites(names: Sequence[str]) -> list[Any]:
     """Built-in suite names or task-file paths -> Suite objects (clear error if unknown).
 
@@ -339,8 +353,7 @@ def run_evaluation(
 
     from selfimprove.models import load_model
     from selfimprove.runtime import resolve_runtime
-    from selfimprove.store import RunStore, collect_provenance
-    from selfimprove.tasks.never_train import NeverTrainRegistry
+    from selfimprove.store import collect_provenance
 
     hook = hook or ProgressHook()
     t0 = time.time()
@@ -370,14 +383,7 @@ def run_evaluation(
     )
     engine = Engine(loaded, runtime=runtime, system_prompt=cfg.model.system_prompt)
 
-    registry_path = store.root / "never_train.json"
-    registry_path.parent.mkdir(parents=True, exist_ok=True)
-    registry = (
-        NeverTrainRegistry.load(registry_path) if registry_path.is_file() else NeverTrainRegistry()
-    )
-    for suite, _task, samples in plan:
-        registry.add(samples, source=f"eval:{suite.name}")
-    registry.save(registry_path)
+    register_eval_items(store, plan)
 
     provenance = collect_provenance(
         {

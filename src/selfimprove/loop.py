@@ -40,6 +40,7 @@ from selfimprove.evaluate import (
     aggregate,
     evaluate_items,
     plan_items,
+    register_eval_items,
     resolve_suites,
 )
 from selfimprove.models import LoadedModel, attach_adapter, load_model
@@ -53,21 +54,12 @@ from selfimprove.synth import (
     templated_variations,
 )
 from selfimprove.synth.self_generated import normalize_text
-from selfimprove.tasks.never_train import NeverTrainRegistry
 from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas
 
 log = logging.getLogger(__name__)
 
 Arm = Literal["targeted", "random"]
 _ARMS: tuple[Arm, ...] = ("targeted", "random")
-SENTINELS = [
-    "sentinel_math",
-    "sentinel_reasoning",
-    "sentinel_format",
-    "refusal",
-    "benign_control",
-    "general_nll",
-]
 
 
 class LoopConfig(BaseModel):
@@ -78,7 +70,7 @@ class LoopConfig(BaseModel):
     budget: int = Field(128, ge=4, description="New training examples per round per arm.")
     arms: list[Arm] = Field(default_factory=lambda: list(_ARMS))
     skill_suites: list[str] = Field(default_factory=lambda: ["skills"])
-    sentinel_suites: list[str] = Field(default_factory=lambda: list(SENTINELS))
+    sentinel_suites: list[str] = Field(default_factory=lambda: ["sentinels"])
     eval_n: int = Field(
         32, ge=4, description="Fixed evaluation items per skill suite (split over categories)."
     )
@@ -290,14 +282,7 @@ def run_loop(
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
     base = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
 
-    registry_path = store.root / "never_train.json"
-    registry_path.parent.mkdir(parents=True, exist_ok=True)
-    registry = (
-        NeverTrainRegistry.load(registry_path) if registry_path.is_file() else NeverTrainRegistry()
-    )
-    for su, _t, xs in plan:
-        registry.add(xs, source=f"eval:{su.name}")
-    registry.save(registry_path)
+    registry = register_eval_items(store, plan)
 
     if resume is not None:
         ctx = store.resume(prev.id)
