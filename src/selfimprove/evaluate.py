@@ -280,6 +280,40 @@ class EvalRun(BaseModel):
     runtime: dict[str, Any]
 
 
+def evaluate_to_store(
+    engine: Engine,
+    items: Sequence[Item],
+    store: RunStore,
+    run_id: str,
+    fname: str,
+    gen: Any,
+    *,
+    seed: int,
+    reference_nll: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Evaluate ``items`` and append their records to ``fname`` of the run, chunk by chunk.
+
+    Chunks span tasks (full batches) yet stay small enough that Ctrl-C or a kill loses little;
+    ``gen`` is a :class:`~selfimprove.config.GenerationConfig`.
+    """
+    chunk = gen.batch_size * 4
+    for start in range(0, len(items), chunk):
+        recs = evaluate_items(
+            engine,
+            items[start : start + chunk],
+            max_new_tokens=gen.max_new_tokens,
+            batch_size=gen.batch_size,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            seed=seed,
+            stop_after_answer_line=gen.stop_after_answer_line,
+            reference_nll=reference_nll,
+            progress=progress,
+        )
+        store.append_records(run_id, fname, [r.model_dump(mode="json") for r in recs])
+
+
 def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegistry:
     """Add every planned evaluation item to ``<store>/never_train.json`` (atomic) and return
     the registry, which training code checks so no evaluation item is ever trained on."""
@@ -408,22 +442,17 @@ def run_evaluation(
         hook.start(total, "evaluate")
         g = cfg.generation
         flat: list[Item] = [(su.name, t, x) for su, t, xs in todo for x in xs]
-        # Chunks span tasks (full batches) yet stay small enough that Ctrl-C loses little.
-        chunk = g.batch_size * 4
-        for start in range(0, len(flat), chunk):
-            recs = evaluate_items(
-                engine,
-                flat[start : start + chunk],
-                max_new_tokens=g.max_new_tokens,
-                batch_size=g.batch_size,
-                temperature=g.temperature,
-                top_p=g.top_p,
-                seed=cfg.eval.seed,
-                stop_after_answer_line=g.stop_after_answer_line,
-                reference_nll=cfg.eval.reference_nll,
-                progress=hook.advance,
-            )
-            store.append_records(run_id, "records.jsonl", [r.model_dump(mode="json") for r in recs])
+        evaluate_to_store(
+            engine,
+            flat,
+            store,
+            run_id,
+            "records.jsonl",
+            g,
+            seed=cfg.eval.seed,
+            reference_nll=cfg.eval.reference_nll,
+            progress=hook.advance,
+        )
         records = [EvalRecord.model_validate(r) for r in _read_existing(store, run_id)]
         metrics = aggregate(records)
         store.write_json(run_id, "metrics.json", [m.model_dump(mode="json") for m in metrics])

@@ -38,7 +38,7 @@ from selfimprove.evaluate import (
     Item,
     ProgressHook,
     aggregate,
-    evaluate_items,
+    evaluate_to_store,
     plan_items,
     register_eval_items,
     resolve_suites,
@@ -165,18 +165,7 @@ def _eval_phase(
     done = {_key(r) for r in have}
     todo = [it for it in items if (it[0], it[2].id) not in done]
     hook.start(len(todo), name)
-    chunk = gen.batch_size * 4
-    for start in range(0, len(todo), chunk):
-        recs = evaluate_items(
-            engine,
-            todo[start : start + chunk],
-            max_new_tokens=gen.max_new_tokens,
-            batch_size=gen.batch_size,
-            seed=seed,
-            stop_after_answer_line=gen.stop_after_answer_line,
-            progress=hook.advance,
-        )
-        store.append_records(run_id, fname, [r.model_dump(mode="json") for r in recs])
+    evaluate_to_store(engine, todo, store, run_id, fname, gen, seed=seed, progress=hook.advance)
     return [
         EvalRecord.model_validate(r) for r in store.read_records(run_id, fname, skip_corrupt=True)
     ]
