@@ -1,4 +1,4 @@
-"""The ``selfimprove`` command: a thin layer over the library.
+"""The ``selfimprove`` app: shared options, progress rendering, core commands and ``main()``.
 
 Each command parses options, calls one library function, and renders the result with rich
 (progress bars, tables). User errors (:class:`SelfImproveError`) are shown as a message
@@ -627,6 +627,3 @@ def main() -> None:
             sys.exit(e.exit_code)
         raise
 
-
-if __name__ == "__main__":
-    main()

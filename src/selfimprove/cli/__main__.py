@@ -1,0 +1,5 @@
+"""``python -m selfimprove.cli``: the same entry point as the ``selfimprove`` script."""
+
+from selfimprove.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""``selfimprove diff``: behavior-change detection between two models (see selfimprove.diff)."""

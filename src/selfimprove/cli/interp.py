@@ -1,0 +1,1 @@
+"""``selfimprove interp``: interpretability analyses (see selfimprove.interp)."""
