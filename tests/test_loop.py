@@ -173,3 +173,44 @@ def test_efficiency_recovers_planted_gains_with_bootstrap_cis():
     # no random gain -> ratio undefined, said so
     e1 = efficiency(base, tgt, base, [("s", "c")], "extracted")
     assert e1["ratio"] is None and e1["ratio_ci"] is None and e1["ratio_defined_fraction"] == 0
+
+
+def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small_loop, monkeypatch):
+    """Replay rows are the base model's correct answers on fresh (never-evaluated) items, and
+    a round trains on them minus its target categories, in both arms alike."""
+    import selfimprove.loop as loop_mod
+    from selfimprove.config import load_config
+    from selfimprove.loop import run_loop
+
+    real_eval_phase = loop_mod._eval_phase
+
+    def fake_eval_phase(store, run_id, name, engine, items, gen, seed, hook):
+        recs = real_eval_phase(store, run_id, name, engine, items, gen, seed, hook)
+        if name != "replay_eval":
+            return recs
+        # the tiny model never answers correctly: pretend every other answer was right
+        return [
+            r.model_copy(update={"correct": True, "output": f"Answer: {r.target}"})
+            if i % 2 == 0
+            else r
+            for i, r in enumerate(recs)
+        ]
+
+    monkeypatch.setattr(loop_mod, "_eval_phase", fake_eval_phase)
+    small_loop["loop"].update({"rounds": 1, "replay": 6})
+    small_loop["store"] = {"root": str(tmp_path / "s")}
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(small_loop))
+    res = run_loop(load_config(cfg_path))
+    run_dir = Path(res.run_dir)
+    rows = [json.loads(x) for x in (run_dir / "replay.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["source"] == "replay" for r in rows)
+    assert res.summary["replay"] == {"drawn": 18, "answered": 18, "kept_correct": 6}
+    registry = NeverTrainRegistry.load(Path(small_loop["store"]["root"]) / "never_train.json")
+    assert all(isinstance(r["prompt"], str) and r["prompt"] not in registry for r in rows)
+    targets = {c for _s, c in res.rounds[0].targets}
+    expected = sum(r["category"] not in targets for r in rows)
+    assert expected > 0
+    for ar in res.rounds:
+        assert ar.train["n_replay"] == expected
+        assert ar.train["n_examples"] + ar.train["n_dropped"] == ar.n_train + expected

@@ -77,6 +77,14 @@ class LoopConfig(BaseModel):
     sentinel_n: int = Field(24, ge=4, description="Fixed evaluation items per sentinel suite.")
     weakness: WeaknessConfig = Field(default_factory=WeaknessConfig)
     self_data: SelfDataConfig = Field(default_factory=SelfDataConfig)
+    replay: int = Field(
+        32,
+        ge=0,
+        description="Self-distillation replay: fresh items from the skill suites answered "
+        "correctly by the base model (its own verified outputs), added to every round's "
+        "training data in both arms, minus the round's target categories, so that behavior the "
+        "round does not target stays in place. 0 turns it off.",
+    )
     weight_policy: Literal["uniform", "confidence", "inverse"] = "uniform"
     seed: int = 0
     train: dict[str, Any] = Field(
@@ -105,6 +113,7 @@ class ArmRound(BaseModel):
 
 class LoopState(BaseModel):
     done: list[str] = Field(default_factory=list)
+    replay_funnel: dict[str, int] = Field(default_factory=dict)
     rounds: list[ArmRound] = Field(default_factory=list)
     current: dict[str, str | None] = Field(default_factory=dict)  # arm -> accepted adapter dir
 
@@ -169,6 +178,56 @@ def _eval_phase(
     return [
         EvalRecord.model_validate(r) for r in store.read_records(run_id, fname, skip_corrupt=True)
     ]
+
+
+def _replay_phase(
+    store: RunStore,
+    run_id: str,
+    engine: Engine,
+    n: int,
+    *,
+    suites: Sequence[str],
+    registry: Any,
+    gen: Any,
+    seed: int,
+    hook: ProgressHook,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Self-distillation replay rows: the base model's own verified-correct answers.
+
+    Draws ``3n`` fresh, non-evaluation items uniformly across the skill ``suites``, lets the
+    base model answer them greedily (records in ``replay_eval.jsonl``, resumable) and keeps up
+    to ``n`` correct answers as training rows. Training on them anchors what the model already
+    does right, so a round's targeted data cannot silently rewrite it (the sentinel drop of the
+    first real runs); it cannot raise accuracy on those items, only keep it.
+    """
+    items, _f = random_control_samples(
+        3 * n, seed_key=f"replay:{seed}", registry=registry, suites=suites
+    )
+    recs = _eval_phase(store, run_id, "replay_eval", engine, items, gen, seed, hook)
+    by_id = {(su, s.id): (su, s) for su, _t, s in items}
+    rows: list[dict[str, Any]] = []
+    for r in recs:
+        if len(rows) >= n:
+            break
+        if not r.correct or not r.output or (r.suite, r.sample_id) not in by_id:
+            continue
+        su, s = by_id[(r.suite, r.sample_id)]
+        rows.append(
+            {
+                "id": f"replay/{s.id}",
+                "suite": su,
+                "category": s.category,
+                "input_hash": s.input_hash(),
+                "prompt": s.input
+                if isinstance(s.input, str)
+                else [m.model_dump() for m in s.input],
+                "completion": r.output,
+                "source": "replay",
+                "round": 0,
+            }
+        )
+    funnel = {"drawn": len(items), "answered": len(recs), "kept_correct": len(rows)}
+    return rows, funnel
 
 
 def _norm_row(r: dict[str, Any]) -> str:
@@ -315,6 +374,24 @@ def run_loop(
             )
             phases.mark("r0/baseline")
         base_secs = time.time() - t
+        replay_rows: list[dict[str, Any]] = []
+        if lcfg.replay:
+            if not phases.done("r0/replay"):
+                hook.phase(f"Replay: base-model answers on {3 * lcfg.replay} fresh skill items")
+                replay_rows, phases.state.replay_funnel = _replay_phase(
+                    store,
+                    run_id,
+                    engine_for(None),
+                    lcfg.replay,
+                    suites=[s.name for s in skills],
+                    registry=registry,
+                    gen=gen,
+                    seed=lcfg.seed,
+                    hook=hook,
+                )
+                store.write_records(run_id, "replay.jsonl", replay_rows)
+                phases.mark("r0/replay")
+            replay_rows = store.read_records(run_id, "replay.jsonl")
         evals: dict[str, list[EvalRecord]] = {arm: baseline for arm in lcfg.arms}
         for arm in lcfg.arms:
             phases.state.current.setdefault(arm, None)
@@ -453,6 +530,9 @@ def run_loop(
                     phases.mark(f"{tag}/data")
                 rows = store.read_records(run_id, data_file)
                 ar.n_train = len(rows)
+                # replay leaves out the round's targets: it must not anchor what we want to move
+                target_cats = {c for _s, c in ar.targets}
+                replay_now = [r for r in replay_rows if r["category"] not in target_cats]
                 adapter_dir = run_dir / "adapters" / tag
                 # -- training (from the base model, on the accumulated data)
                 if not phases.done(f"{tag}/train"):
@@ -462,6 +542,14 @@ def run_loop(
                             prompt=r["prompt"], completion=r["completion"], source=arm, id=r["id"]
                         )
                         for r in rows
+                    ] + [
+                        TrainExample(
+                            prompt=r["prompt"],
+                            completion=r["completion"],
+                            source="replay",
+                            id=r["id"],
+                        )
+                        for r in replay_now
                     ]
                     examples = apply_weight_policy(
                         base,
@@ -482,7 +570,7 @@ def run_loop(
                         progress=_step_progress(hook, "train", fault=f"{tag}/train"),
                         system_prompt=cfg.model.system_prompt,
                     )
-                    ar.train = res.model_dump(mode="json")
+                    ar.train = {**res.model_dump(mode="json"), "n_replay": len(replay_now)}
                     ar.seconds["train"] = round(time.time() - t, 1)
                     phases.mark(f"{tag}/train")
                 # -- post-training evaluation on the same fixed items
@@ -529,6 +617,7 @@ def run_loop(
             for r in phases.state.rounds
         }
         summary = summarize(phases.state.rounds, baseline, evals, lcfg, base_secs, candidates)
+        summary["replay"] = phases.state.replay_funnel
         store.write_json(
             run_id, "summary_rounds.json", [r.model_dump(mode="json") for r in phases.state.rounds]
         )
