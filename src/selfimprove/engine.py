@@ -247,7 +247,7 @@ class Engine:
                 input_ids=nxt.view(-1, 1),
                 attention_mask=attn,
                 position_ids=next_pos,
-                past_key_values=cache,
+                cache=cache,  # transformers >= 5.24 name (past_key_values is deprecated)
                 use_cache=True,
             )
             logits = out.logits[:, -1, :].float()
@@ -295,7 +295,7 @@ class Engine:
         if n_prefix >= 4:
             pc = DynamicCache(config=self.model.config)
             prefix = torch.tensor([batch_ids[0][:n_prefix]], dtype=torch.long)  # (1, P)
-            self.model(input_ids=prefix, past_key_values=pc, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=prefix, cache=pc, use_cache=True, logits_to_keep=1)
             prefix_kv = [(layer.keys, layer.values) for layer in _kv_layers(pc)]  # (1, H_kv, P, D)
         else:
             n_prefix = 0
@@ -316,7 +316,7 @@ class Engine:
                 input_ids=ids,
                 attention_mask=attn,
                 position_ids=s_pos + n_prefix,
-                past_key_values=cache,
+                cache=cache,  # transformers >= 5.24 name (past_key_values is deprecated)
                 use_cache=True,
                 logits_to_keep=1,
             )
