@@ -55,6 +55,20 @@ ConfigOpt = Annotated[
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help="Run store folder (default: ./selfimprove_runs).")
 ]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="torch threads (default: all CPUs available).")
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(help="auto | fp32 | bf16 (auto: bf16 only on CPUs with native bf16)."),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 
 
 def _verbosity(verbose: bool) -> None:
@@ -162,12 +176,7 @@ def metrics_table(metrics: list[Any], title: str) -> Table:
 @app.command("eval")
 def eval_cmd(
     config: ConfigOpt = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama."
-        ),
-    ] = None,
+    model: ModelOpt = None,
     adapter: Annotated[
         str | None, typer.Option(help="PEFT adapter folder to apply on top of the model.")
     ] = None,
@@ -186,13 +195,8 @@ def eval_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed for drawing the items.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per batch.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation length cap.")] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="torch threads (default: all CPUs available).")
-    ] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(help="auto | fp32 | bf16 (auto: bf16 only on CPUs with native bf16)."),
-    ] = None,
+    threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
     store: StoreOpt = None,
     resume: Annotated[
         str | None,
@@ -203,7 +207,7 @@ def eval_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate a model on task suites: per-category accuracy with 95% CIs, saved as a run."""
     _verbosity(verbose)
@@ -240,12 +244,7 @@ def eval_cmd(
 @app.command("run")
 def run_cmd(
     config: ConfigOpt = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama."
-        ),
-    ] = None,
+    model: ModelOpt = None,
     rounds: Annotated[
         int | None, typer.Option(help="Improvement rounds per arm (default 3).")
     ] = None,
@@ -266,14 +265,14 @@ def run_cmd(
         str | None, typer.Option(help="uniform | confidence | inverse (per-example loss weights).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for items, data and training.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | fp32 | bf16.")] = None,
+    threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
     store: StoreOpt = None,
     resume: Annotated[
         str | None,
         typer.Option(help="Continue a killed run (id or prefix) without redoing finished phases."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The closed loop: baseline -> weak areas -> targeted data -> LoRA -> re-evaluate -> gate, per round and arm."""
     _verbosity(verbose)
@@ -369,11 +368,11 @@ def sweep(
         typer.Option(help="Comma-separated values (default: a 3-point grid for the knob)."),
     ] = None,
     config: ConfigOpt = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model to improve.")] = None,
+    model: ModelOpt = None,
     rounds: Annotated[int | None, typer.Option(help="Rounds per point (default 1).")] = 1,
     budget: Annotated[int | None, typer.Option(help="Examples per round per arm.")] = None,
     store: StoreOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the loop once per value of one knob and tabulate the outcomes (experiment variations)."""
     _verbosity(verbose)
@@ -626,4 +625,3 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
-
