@@ -1,0 +1,1 @@
+"""Interpretability analyses (see hooks.py for the interventions)."""

@@ -1,0 +1,199 @@
+"""LoRA analysis: what the adapter changed in the weights, and which layers carry its effect.
+
+Method.
+
+* **ΔW per module** from peft (``get_delta_weight``: ``B @ A · scaling``, in the base
+  weight's layout). Reported: ``‖ΔW‖_F``, ``‖ΔW‖_F / ‖W‖_F``, the singular values of ΔW
+  (at most ``r`` are non-zero), the effective rank ``exp(H(σ / Σσ))`` (Roy & Vetterli 2007),
+  and **intruder dimensions** (Shuttleworth et al. 2024): among the top-``k`` left singular
+  vectors of ``W + ΔW``, those whose largest |cosine| with *every* left singular vector of
+  ``W`` is below ``eps`` — new directions the fine-tune introduced rather than re-weighted.
+* **Per-layer knockout.** For each decoder layer, the LoRA update of all its adapted modules
+  is scaled to 0 (:func:`selfimprove.interp.hooks.lora_knockout`, restored exactly after),
+  and the per-prompt reference NLL is compared with the full adapter on *target* prompts
+  (what the adapter was trained for) and *control* prompts (what it should not touch).
+  Effect = NLL(knocked out) − NLL(full adapter): positive means the layer's LoRA lowered the
+  loss there. Each (layer, target|control) is an :class:`EffectTest`; BH runs across the
+  whole family. The total adapter effect (adapter off entirely, via peft's
+  ``disable_adapter``) gives the share of the effect each layer carries. Layer effects need
+  not add up: layers interact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from selfimprove.interp.common import InterpItem, losses
+from selfimprove.interp.hooks import lora_knockout, lora_modules_by_layer
+from selfimprove.interp.stats import EffectTest, bh, paired_effect
+
+log = logging.getLogger(__name__)
+
+
+def effective_rank(s: np.ndarray | torch.Tensor) -> float:
+    """``exp`` of the entropy of the normalised singular values (1 for rank one)."""
+    x = np.asarray(s, dtype=np.float64)
+    x = x[x > 0]
+    if x.size == 0:
+        return 0.0
+    p = x / x.sum()
+    return float(math.exp(-(p * np.log(p)).sum()))
+
+
+def intruder_dimensions(
+    W: torch.Tensor, W_new: torch.Tensor, *, k: int = 10, eps: float = 0.5
+) -> tuple[int, list[float]]:
+    """Count top-``k`` left singular vectors of ``W_new`` with max |cos| < ``eps`` against ``W``'s.
+
+    Returns ``(count, max_cos per top-k vector)``.
+    """
+    U0, _s0, _ = torch.linalg.svd(W.double(), full_matrices=False)  # (out, r0)
+    U1, _s1, _ = torch.linalg.svd(W_new.double(), full_matrices=False)
+    sims = (U1[:, :k].T @ U0).abs().max(dim=1).values  # (k,)
+    return int((sims < eps).sum()), [float(x) for x in sims]
+
+
+def lora_deltas(
+    model: Any, *, intruder_k: int = 10, intruder_eps: float = 0.5
+) -> list[dict[str, Any]]:
+    """One row per LoRA-adapted module: norms, spectrum, effective rank, intruder dimensions."""
+    rows: list[dict[str, Any]] = []
+    for layer, mods in sorted(lora_modules_by_layer(model).items()):
+        for name, mod in mods:
+            for adapter in mod.active_adapters:  # type: ignore[union-attr]
+                if adapter not in mod.lora_A:  # type: ignore[operator]
+                    continue
+                with torch.no_grad():
+                    dW = mod.get_delta_weight(adapter).float()  # type: ignore[operator]  # (out, in)
+                    W = mod.get_base_layer().weight.float()  # type: ignore[operator]
+                    if W.shape != dW.shape:
+                        W = W.T
+                    s = torch.linalg.svdvals(dW.double())
+                    r = int(mod.r[adapter])  # type: ignore[index]
+                    n_intr, sims = intruder_dimensions(W, W + dW, k=intruder_k, eps=intruder_eps)
+                rows.append(
+                    {
+                        "layer": layer,
+                        "module": name,
+                        "adapter": adapter,
+                        "rank": r,
+                        "fro_delta": float(dW.norm()),
+                        "fro_base": float(W.norm()),
+                        "relative_change": float(dW.norm() / W.norm().clamp(min=1e-12)),
+                        "spectrum": [float(x) for x in s[:r]],
+                        "effective_rank": effective_rank(s[:r].numpy()),
+                        "intruder_dims": n_intr,
+                        "intruder_max_cos": sims,
+                    }
+                )
+    return rows
+
+
+@dataclass
+class KnockoutRow:
+    layer: int
+    group: str  # "target" or "control"
+    share_of_effect: float | None
+    test: EffectTest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "group": self.group,
+            "share_of_effect": self.share_of_effect,
+            **self.test.to_dict(),
+        }
+
+
+@dataclass
+class LoraResult:
+    deltas: list[dict[str, Any]]
+    knockout: list[KnockoutRow]
+    total: dict[str, EffectTest]  # group -> base − full (positive: the adapter helps)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def lora_layer_knockout(
+    model: Any,
+    target: Sequence[InterpItem],
+    control: Sequence[InterpItem],
+    pad_id: int,
+    *,
+    layers: Sequence[int] | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> tuple[list[KnockoutRow], dict[str, EffectTest]]:
+    """Knock out each layer's LoRA; paired NLL changes on target and control prompts (BH)."""
+    by_layer = lora_modules_by_layer(model)
+    if not by_layer:
+        raise ValueError("the model carries no LoRA adapter")
+    sel = sorted(by_layer) if layers is None else [ly for ly in layers if ly in by_layer]
+    groups = {"target": list(target), "control": list(control)}
+    full = {g: losses(model, xs, pad_id, batch_size=batch_size) for g, xs in groups.items() if xs}
+    total: dict[str, EffectTest] = {}
+    for g, xs in groups.items():
+        if not xs:
+            continue
+        with model.disable_adapter():
+            base = losses(model, xs, pad_id, batch_size=batch_size)
+        total[g] = paired_effect(base - full[g], name=f"adapter off ({g})", seed=seed)
+    raw: list[tuple[int, str, EffectTest]] = []
+    for ly in sel:
+        for g, xs in groups.items():
+            if not xs:
+                continue
+            ko = losses(
+                model,
+                xs,
+                pad_id,
+                batch_size=batch_size,
+                context=partial(lora_knockout, model, [ly]),
+            )
+            raw.append(
+                (ly, g, paired_effect(ko - full[g], name=f"knockout L{ly} ({g})", seed=seed))
+            )
+    tests = bh([r[2] for r in raw], alpha=alpha, family="lora-knockout")
+    rows = []
+    for (ly, g, _), t in zip(raw, tests, strict=True):
+        tot = total[g].mean
+        share = t.mean / tot if tot and abs(tot) > 1e-12 else None
+        rows.append(KnockoutRow(ly, g, share, t))
+    return rows, total
+
+
+def analyze_lora(
+    model: Any,
+    target: Sequence[InterpItem],
+    control: Sequence[InterpItem],
+    pad_id: int,
+    *,
+    layers: Sequence[int] | None = None,
+    deltas: bool = True,
+    alpha: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> LoraResult:
+    """ΔW statistics per module and the per-layer knockout table."""
+    d = lora_deltas(model) if deltas else []
+    rows, total = lora_layer_knockout(
+        model, target, control, pad_id, layers=layers, alpha=alpha, seed=seed, batch_size=batch_size
+    )
+    carrying = [
+        r.layer for r in rows if r.group == "target" and r.test.significant and r.test.mean > 0
+    ]
+    top = sorted((r for r in rows if r.group == "target"), key=lambda r: -r.test.mean)[:5]
+    summary = {
+        "layers_carrying_effect": carrying,
+        "top_layers_by_effect": [r.layer for r in top],
+        "total_effect": {g: t.to_dict() for g, t in total.items()},
+    }
+    return LoraResult(d, rows, total, summary)
