@@ -134,7 +134,7 @@ def ridge_cv_accuracy(
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
         Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
         K = Xtr @ Xtr.T  # (n, n)
-        lam = ridge * float(np.trace(K)) / max(1, K.shape[0])
+        lam = ridge * float(np.trace(K)) / max(1, K.shape[0]) + 1e-6  # > 0 on constant features
         A = np.linalg.solve(K + lam * np.eye(K.shape[0]), np.eye(K.shape[0]))  # (n, n)
         S = (Xte @ Xtr.T) @ A  # (m, n): test scores = S @ Y
         onehot = np.eye(C)[Yall[:, tr]]  # (R, n, C)
