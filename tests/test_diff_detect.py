@@ -1,0 +1,173 @@
+"""The detector end to end on tiny random models (seconds).
+
+* The KL screen is exactly 0 for identical models and positive for a perturbed copy.
+* Sample splitting never reuses a prompt (split function and the detector's records).
+* A model compared with itself flags nothing (common and independent sampling).
+* A change confined to one region (input embeddings of tokens only that region's prompts
+  contain) is found there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfimprove.diff import (
+    DiffConfig,
+    Region,
+    detect_changes,
+    regions_from_jsonl,
+    regions_from_suites,
+    split_region,
+)
+from selfimprove.diff.screen import screen_items
+from selfimprove.engine import Engine
+from selfimprove.errors import DataError
+from selfimprove.models import LoadedModel, load_model
+from selfimprove.tasks import get_suite
+
+
+@pytest.fixture(scope="module")
+def regions() -> list[Region]:
+    return regions_from_suites([get_suite("logic"), get_suite("sentinel_math")], 24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(fp32_runtime) -> Engine:
+    return Engine(load_model("tiny-llama", n_layers=2, seed=0), runtime=fp32_runtime)
+
+
+def _copy(engine: Engine, name: str) -> LoadedModel:
+    model = copy.deepcopy(engine.model)
+    # untie so that editing an input embedding row leaves the output head alone
+    if model.lm_head.weight is model.model.embed_tokens.weight:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    return LoadedModel(model, engine.tokenizer, name, f"test:{name}", name)
+
+
+CFG = DiffConfig(n_per_region=12, budget=60, max_new_tokens=8, batch_size=16)
+
+
+def test_screen_kl_zero_for_identical_and_positive_for_perturbed(
+    base, regions, fp32_runtime
+) -> None:
+    items = [it for r in regions for it in r.items[:3]]
+    same = Engine(_copy(base, "same"), runtime=fp32_runtime)
+    kls, cost = screen_items(base, same, items, k=4)
+    assert cost.prefills_per_model == len(items)
+    assert all(v == 0.0 for d in kls for v in d["kl_ab"] + d["kl_ba"])
+    pert = _copy(base, "pert")
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in pert.model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    kls, _ = screen_items(base, Engine(pert, runtime=fp32_runtime), items, k=4)
+    assert all(min(d["kl_ab"]) > 0 and min(d["kl_ba"]) > 0 for d in kls)
+
+
+def test_greedy_reference_when_no_target(base, fp32_runtime, tmp_path: Path) -> None:
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text(
+        "\n".join(json.dumps({"prompt": f"Count to {i}", "region": "r"}) for i in range(4))
+    )
+    items = regions_from_jsonl(bank)[0].items
+    kls, cost = screen_items(base, base, items, k=3)
+    assert cost.greedy_tokens > 0 and all(len(d["kl_ab"]) >= 1 for d in kls)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_split_is_disjoint_and_covers(regions, seed: int) -> None:
+    for r in regions:
+        screen, confirm = split_region(r, seed)
+        ids_s, ids_c = {i.id for i in screen}, {i.id for i in confirm}
+        assert not ids_s & ids_c
+        assert ids_s | ids_c == {i.id for i in r.items}
+        assert screen and confirm
+
+
+def test_self_comparison_flags_nothing(base, regions) -> None:
+    res = detect_changes(base, base, regions, CFG)
+    assert not res.changed
+    assert all(r.screen.score == 0.0 for r in res.regions)
+    assert res.cost.samples_per_model == 0  # nothing to look at: screening spent no samples
+    # forced sampling with independent random numbers: tests see only sampling noise
+    cfg = CFG.model_copy(update={"min_per_region": 4, "coupling": "independent"})
+    res = detect_changes(base, base, regions, cfg)
+    assert res.cost.samples_per_model == 4 * len(regions)
+    assert not res.changed
+    assert all(r.test("logprob").effect == pytest.approx(0.0, abs=1e-5) for r in res.regions)
+
+
+def _region_tokens(engine: Engine, region: Region) -> tuple[set[int], set[int]]:
+    """(tokens in any prompt or reference of the region, tokens in every prompt)."""
+    ids: set[int] = set()
+    common: set[int] | None = None
+    for it in region.items:
+        p = set(engine.encode_prompts([it.prompt])[0])
+        common = p if common is None else common & p
+        ids.update(p)
+        ref = it.reference() or ""
+        ids.update(engine.tokenizer(ref, add_special_tokens=False)["input_ids"])
+    return ids, common or set()
+
+
+def test_change_in_one_region_is_found_only_there(base, regions, fp32_runtime) -> None:
+    toks = {r.name: _region_tokens(base, r) for r in regions}
+    # tokens in every prompt of one region and in no prompt or reference of any other
+    unique = {
+        n: common - set().union(*(o[0] for m, o in toks.items() if m != n))
+        for n, (_, common) in toks.items()
+    }
+    target = max(unique, key=lambda n: len(unique[n]))
+    assert unique[target], "need a token only the target region uses"
+    # A random model's next-token distributions are nearly flat; sharpen the head (in both
+    # models) so that an input change moves the outputs.
+    sharp = _copy(base, "sharp")
+    with torch.no_grad():
+        sharp.model.lm_head.weight.mul_(30.0)
+    a = Engine(sharp, runtime=fp32_runtime)
+    pert = _copy(a, "pert")
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        emb = pert.model.model.embed_tokens.weight
+        for t in sorted(unique[target]):
+            emb[t] += 1.0 * torch.randn(emb.shape[1], generator=gen)
+    res = detect_changes(a, Engine(pert, runtime=fp32_runtime), regions, CFG)
+    by = {r.region: r for r in res.regions}
+    assert by[target].screen_rank == 1
+    assert by[target].flagged, by[target]
+    assert [r.region for r in res.flagged] == [target]
+    for r in res.regions:
+        if r.region != target:
+            assert r.screen.score == 0.0 and r.allocated == 0 and r.p_value == 1.0
+    # the records never test a screening prompt
+    for r in res.regions:
+        assert not set(r.screen_ids) & set(r.confirm_ids)
+    assert by[target].label is not None and by[target].examples
+
+
+def test_bad_jsonl_raises_data_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(DataError, match="prompt"):
+        regions_from_jsonl(bad)
+    with pytest.raises(DataError, match="does not exist"):
+        regions_from_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_jsonl_clusters_without_regions(tmp_path: Path) -> None:
+    rows = [{"prompt": f"What is {i} plus {i + 1}?"} for i in range(10)]
+    rows += [
+        {"prompt": f"Write a poem about the {w} sea"}
+        for w in ["blue", "green", "dark", "calm", "wild"] * 2
+    ]
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text("\n".join(json.dumps(r) for r in rows))
+    regs = regions_from_jsonl(bank, n_clusters=2)
+    assert len(regs) == 2
+    groups = [{it.sample.input_text()[:5] for it in r.items} for r in regs]
+    assert {"What "} in groups and {"Write"} in groups
