@@ -171,3 +171,28 @@ def test_jsonl_clusters_without_regions(tmp_path: Path) -> None:
     assert len(regs) == 2
     groups = [{it.sample.input_text()[:5] for it in r.items} for r in regs]
     assert {"What "} in groups and {"Write"} in groups
+
+
+def test_cli_diff_tiny_models(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from selfimprove.cli import app
+
+    runner = CliRunner()
+    store = tmp_path / "store"
+    r = runner.invoke(
+        app,
+        ["diff", "tiny-llama", "tiny-llama", "--suites", "logic", "--n-per-region", "8",
+         "--budget", "10", "--max-new-tokens", "6", "--store", str(store)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "No behavior change detected" in r.output
+    runs = list((store / "runs").iterdir())
+    assert len(runs) == 1
+    rows = [json.loads(x) for x in (runs[0] / "diff_regions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and not any(x["flagged"] for x in rows)
+    assert "<svg" in (runs[0] / "diff_report.html").read_text()
+    r = runner.invoke(
+        app, ["diff", "tiny-llama", "--adapter", str(tmp_path / "nope"), "--store", str(store)]
+    )
+    assert r.exit_code != 0

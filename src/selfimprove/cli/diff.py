@@ -1,1 +1,261 @@
-"""``selfimprove diff``: behavior-change detection between two models (see selfimprove.diff)."""
+"""``selfimprove diff``: behavior-change detection between two models (see selfimprove.diff).
+
+``selfimprove diff BASE CANDIDATE`` (or ``diff BASE --adapter DIR``) prints the ranked table
+of changed regions and where the run was saved; ``diff --null MODEL`` runs the A-vs-A
+calibration; ``selfimprove bench planted`` runs the planted-change benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from selfimprove.cli.app import StoreOpt, _verbosity, app, console
+
+bench_app = typer.Typer(help="Benchmarks of the behavior-change detector.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+SuitesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--suites",
+        "-s",
+        help="Comma-separated suites (one region per suite/category); groups all / skills / sentinels.",
+    ),
+]
+
+
+def _suites(suites: str | None) -> list[str] | None:
+    return [s.strip() for s in suites.split(",") if s.strip()] if suites else None
+
+
+def _print_result(run: object) -> None:
+    from selfimprove.diff.run import DiffRun
+
+    assert isinstance(run, DiffRun)
+    res = run.result
+    t = Table(title=f"{res.candidate} vs {res.base}: regions ranked by q-value")
+    t.add_column("region", no_wrap=True)
+    for col in ("screen KL", "n", "statistic", "A → B", "effect [95% CI]", "q", "label"):
+        t.add_column(col)
+    shown = sorted(res.regions, key=lambda r: (r.q_value, r.screen_rank))
+    for r in shown[: max(10, len(res.flagged))]:
+        test = r.test(r.top_stat) if r.top_stat else None
+        ab = f"{test.a_value:.3g} → {test.b_value:.3g}" if test and test.n else "–"
+        eff = (
+            f"{test.effect:+.3g} [{test.ci[0]:+.3g}, {test.ci[1]:+.3g}]" if test and test.n else "–"
+        )
+        label = ""
+        if r.label:
+            ok = "✓" if r.label.validated else "✗"
+            label = f"{r.label.text} ({ok} held-out)"
+        style = "bold red" if r.flagged else None
+        t.add_row(
+            r.region,
+            f"{r.screen.score:.4f}",
+            str(r.allocated),
+            r.top_stat or "–",
+            ab,
+            eff,
+            f"{r.q_value:.3g}",
+            label,
+            style=style,
+        )
+    console.print(t)
+    if res.changed:
+        console.print(f"[bold red]{len(res.flagged)} region(s) changed[/] at FDR q={res.config.q}.")
+        for r in res.flagged:
+            for ex in r.examples[:1]:
+                console.print(f"  [bold]{r.region}[/] e.g. {ex.prompt[:80]!r}")
+                console.print(f"    A: {ex.a_output[:100]!r}")
+                console.print(f"    B: {ex.b_output[:100]!r}")
+    else:
+        console.print(f"[bold green]No behavior change detected[/] at FDR q={res.config.q}.")
+    if run.weights:
+        top = ", ".join(f"{w.module} ({w.norm:.3g})" for w in run.weights[:3])
+        console.print(f"Largest LoRA ΔW: {top}")
+    for x in run.exploration[:3]:
+        console.print(f"[dim]exploratory (contrastive, not tested):[/] {x.text[:100]!r}")
+    c = res.cost
+    console.print(
+        f"Spent {c.samples_per_model} samples per model (+{c.screen_prefills_per_model} screening "
+        f"prefills per model) in {c.seconds:.0f}s."
+    )
+    console.print(f"Run [bold]{run.run_id}[/] saved to {run.run_dir}; report: {run.report}")
+
+
+@app.command("diff")
+def diff_cmd(
+    base: Annotated[
+        str | None, typer.Argument(help="Model A: 'embedded', a folder, a hub id.")
+    ] = None,
+    candidate: Annotated[
+        str | None, typer.Argument(help="Model B (default: BASE, with --adapter on top).")
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="PEFT adapter applied on BASE to make B.")
+    ] = None,
+    null: Annotated[
+        str | None,
+        typer.Option("--null", help="Calibrate: compare MODEL with itself over --seeds seeds."),
+    ] = None,
+    suites: SuitesOpt = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="JSONL prompt bank: {prompt, region?, target?} per line.")
+    ] = None,
+    n_per_region: Annotated[
+        int, typer.Option(help="Prompts per region (half screen, half test).")
+    ] = 24,
+    budget: Annotated[int, typer.Option(help="Sampled outputs per model for the tests.")] = 200,
+    q: Annotated[float, typer.Option("--q", help="False discovery rate.")] = 0.1,
+    fdr: Annotated[str, typer.Option(help="bh | saffron | addis")] = "bh",
+    k: Annotated[int, typer.Option(help="Screen positions.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of sampled outputs.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed (prompts, split, sampling).")] = 0,
+    seeds: Annotated[int, typer.Option(help="--null: number of seeds.")] = 10,
+    min_per_region: Annotated[
+        int, typer.Option(help="Samples every region gets (--null: default 6).")
+    ] = 0,
+    explore: Annotated[int, typer.Option(help="Contrastive-decoding samples (exploratory).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Where does CANDIDATE behave differently from BASE? Ranked regions with FDR control."""
+    _verbosity(verbose)
+    from selfimprove.diff.detect import DiffConfig
+    from selfimprove.diff.run import (
+        DEFAULT_SUITES,
+        build_regions,
+        load_pair,
+        null_calibration,
+        run_diff,
+    )
+    from selfimprove.engine import Engine
+    from selfimprove.errors import ConfigError
+    from selfimprove.runtime import resolve_runtime
+
+    if fdr not in ("bh", "saffron", "addis"):
+        raise ConfigError(f"--fdr must be bh, saffron or addis, not {fdr!r}.")
+    suite_list = _suites(suites) or (None if prompts else DEFAULT_SUITES)
+    cfg = DiffConfig(
+        n_per_region=n_per_region,
+        budget=budget,
+        q=q,
+        fdr=fdr,  # type: ignore[arg-type]
+        k=k,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        min_per_region=min_per_region,
+    )
+    runtime = resolve_runtime(threads)
+
+    def phase(text: str) -> None:
+        console.print(f"[bold cyan]▶[/] {text}")
+
+    if null:
+        from selfimprove.models import load_model
+
+        phase(f"Loading {null}")
+        m = load_model(null)
+        eng = Engine(m, runtime=runtime)
+        c = cfg.model_copy(update={"min_per_region": min_per_region or 6})
+        cal, _ = null_calibration(
+            eng,
+            lambda s: build_regions(suite_list, prompts, n_per_region, s),
+            c,
+            list(range(seed, seed + seeds)),
+            phase=phase,
+        )
+        if as_json:
+            console.print_json(cal.model_dump_json())
+        else:
+            console.print(
+                f"Null calibration of {cal.model}: {sum(1 for n in cal.n_flagged_regions if n)} of "
+                f"{len(cal.seeds)} seeds flagged anything (fraction {cal.fraction_with_any_flag:.2f}; "
+                f"target ≤ q = {cal.q}). Flags per seed: {cal.n_flagged_regions}."
+            )
+        return
+    if base is None:
+        raise ConfigError("Give BASE and CANDIDATE (or BASE --adapter DIR), or --null MODEL.")
+    if candidate is None and adapter is None:
+        raise ConfigError("Give a CANDIDATE model or --adapter DIR to compare with BASE.")
+    phase("Loading models")
+    a, b = load_pair(base, candidate, adapter)
+    regions = build_regions(suite_list, prompts, n_per_region, seed)
+    run = run_diff(
+        a,
+        b,
+        regions,
+        cfg,
+        store_root=store or "selfimprove_runs",
+        runtime=runtime,
+        explore=explore,
+        phase=phase,
+    )
+    if as_json:
+        from selfimprove.diff.run import describe
+
+        console.print_json(json.dumps(describe(run.result)))
+        console.print(f"Run {run.run_id} saved to {run.run_dir}")
+    else:
+        _print_result(run)
+
+
+@bench_app.command("planted")
+def planted_cmd(
+    seeds: Annotated[int, typer.Option(help="Number of seeds (a LoRA is trained per seed).")] = 5,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model.")] = "embedded",
+    budget: Annotated[int, typer.Option(help="Samples per model for the adaptive design.")] = 60,
+    n_per_region: Annotated[int, typer.Option(help="Prompts per region.")] = 24,
+    q: Annotated[float, typer.Option("--q")] = 0.1,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    store: StoreOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Plant a one-region behavior change with a LoRA, then check the detector finds it."""
+    _verbosity(verbose)
+    from selfimprove.diff.planted import PlantedConfig, run_planted_benchmark
+    from selfimprove.runtime import resolve_runtime
+
+    cfg = PlantedConfig(model=model, budget=budget, n_per_region=n_per_region, q=q)
+
+    def phase(text: str) -> None:
+        console.print(f"[bold cyan]▶[/] {text}")
+
+    bench = run_planted_benchmark(
+        cfg,
+        list(range(seed, seed + seeds)),
+        store_root=store or "selfimprove_runs",
+        runtime=resolve_runtime(threads),
+        phase=phase,
+    )
+    t = Table(title=f"Planted change: {bench.planted_region} ({bench.behavior})")
+    for col in (
+        "seed",
+        "found",
+        "false regions",
+        "samples/model",
+        "uniform design",
+        "ratio",
+        "wall s",
+    ):
+        t.add_column(col)
+    for r in bench.rows:
+        t.add_row(
+            str(r.seed),
+            "yes" if r.found else "NO",
+            str(r.false_regions),
+            str(r.samples_per_model),
+            str(r.uniform_samples_per_model),
+            f"{r.ratio:.1f}x",
+            f"{r.seconds:.0f}",
+        )
+    console.print(t)
+    console.print(bench.summary)
+    console.print(f"Saved to {bench.run_dir}")
