@@ -217,6 +217,8 @@ def prune_plan(
     broke the bound (``accepted=False``) or the step limit.
     """
     layout = layout_for(model)
+    if mode != "zero" and means is None:
+        means, _pool = head_means(model, score_items, pad_id)
     base = float(losses(model, val_items, pad_id, batch_size=batch_size).mean())
     removed: list[Head] = []
     steps: list[PruneStep] = []
