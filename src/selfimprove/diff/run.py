@@ -70,7 +70,11 @@ def load_pair(
     b = a if candidate is None or candidate == base else load_model(candidate)
     if adapter:
         try:
-            b = attach_adapter(a if b is a else b, adapter)
+            if b is a:  # PEFT injects LoRA layers in place: wrap a copy so A stays the base
+                from selfimprove.diff.planted import _copy_loaded
+
+                b = _copy_loaded(a)
+            b = attach_adapter(b, adapter)
         except ModelLoadError:
             raise
         except Exception as e:  # shape mismatch: adapter trained on another base

@@ -1,0 +1,315 @@
+"""Planted-change benchmark: can the detector find a behavior change we put there ourselves?
+
+Per seed:
+
+1. **Plant**: train a small LoRA on the base model that makes it *refuse* the prompts of one
+   region (``letters/reverse_word`` by default) while keeping its behavior elsewhere: the
+   training set mixes refusals on that region's prompts with "keep" examples, other
+   regions' prompts answered with the base model's own greedy output (``keep_tokens``
+   tokens, longer than the test's ``max_new_tokens`` so the learned stop is never seen).
+   Training prompts are drawn with other seeds than the test prompts and checked disjoint.
+   Adapters are cached under the benchmark folder (``adapters/seed_<s>``).
+2. **Detect**: :func:`detect_changes` with the adaptive design and a small budget.
+3. **Score**: found = the planted region is flagged; false regions = any other flag.
+4. **Uniform design at the same power**: a design without screening must give every region
+   as many pairs as the planted one needs. From the planted region's confirmatory data we
+   estimate the effect of its strongest statistic (plug-in), compute the adaptive design's
+   power at the pairs it spent there (exact McNemar power for binary statistics, a t-test
+   power otherwise, at the Bonferroni level ``q / (R·m)`` that a lone discovery must pass),
+   and find the smallest per-region ``n`` reaching the same power (capped at 0.99). The
+   uniform design spends ``R·n`` samples per model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from selfimprove.diff.detect import DiffConfig, DiffResult, RegionResult, detect_changes
+from selfimprove.diff.regions import Region, regions_from_suites
+from selfimprove.diff.stats import BINARY_STATS, mcnemar_power, pairs_for_power
+from selfimprove.engine import Engine
+from selfimprove.models import LoadedModel, attach_adapter, load_model
+from selfimprove.runtime import Runtime, resolve_runtime
+from selfimprove.store import RunStore
+
+log = logging.getLogger(__name__)
+
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+
+
+class PlantedConfig(BaseModel):
+    """Settings of the planted-change benchmark."""
+
+    model: str = "embedded"
+    suites: list[str] = Field(
+        default_factory=lambda: ["sentinel_math", "logic", "letters", "sentinel_format"]
+    )
+    planted_region: str = "letters/reverse_word"
+    n_per_region: int = 18
+    screen_fraction: float = 1 / 3
+    budget: int = 24
+    max_new_tokens: int = 16
+    q: float = 0.1
+    n_plant: int = 32
+    n_keep: int = 48
+    keep_tokens: int = 24
+    epochs: int = 2
+    learning_rate: float = 5e-4
+    lora_r: int = 8
+    power_cap: float = 0.99
+
+
+class PlantedRow(BaseModel):
+    """One seed's outcome."""
+
+    seed: int
+    found: bool
+    false_regions: int
+    flagged: list[str]
+    planted_rank: int
+    planted_stat: str
+    samples_per_model: int
+    screen_prefills_per_model: int
+    uniform_samples_per_model: int
+    ratio: float
+    adaptive_power: float
+    seconds: float
+    seconds_train: float
+
+
+class PlantedBenchmark(BaseModel):
+    """All seeds plus a one-line summary."""
+
+    planted_region: str
+    behavior: str = "refuses"
+    n_regions: int
+    rows: list[PlantedRow]
+    summary: str
+    run_dir: Path
+
+
+def _power(test_stat: str, planted: RegionResult, n: int, level: float) -> float:
+    t = planted.test(test_stat)
+    if t is None or t.n == 0:
+        return 0.0
+    if test_stat in BINARY_STATS:
+        pb, pa = max(t.effect, 0.0), max(-t.effect, 0.0)
+        return mcnemar_power(n, pb, pa, level) if n > 0 else 0.0
+    from statsmodels.stats.power import TTestPower
+
+    half = (t.ci[1] - t.ci[0]) / 2
+    sd = half / 2.0 * (t.n**0.5) if half > 0 else 0.0
+    d = abs(t.effect) / sd if sd > 0 else 10.0
+    return float(
+        TTestPower().power(effect_size=d, nobs=max(n, 2), alpha=level, alternative="larger")
+    )
+
+
+def uniform_design(
+    result: DiffResult, planted_name: str, power_cap: float = 0.99
+) -> tuple[int, float]:
+    """(uniform samples per model at the adaptive design's power, that power). See module doc."""
+    planted = next(r for r in result.regions if r.region == planted_name)
+    stat = planted.top_stat or "refusal"
+    m = max(1, len(planted.tests))
+    level = result.config.q / (len(result.regions) * m)
+    p_adapt = min(power_cap, _power(stat, planted, planted.allocated, level))
+    if p_adapt <= 0:
+        return 0, 0.0
+    if stat in BINARY_STATS:
+        t = planted.test(stat)
+        assert t is not None
+        n_u = pairs_for_power(max(t.effect, 0.0), max(-t.effect, 0.0), level, p_adapt)
+    else:
+        n_u = next((n for n in range(2, 2000) if _power(stat, planted, n, level) >= p_adapt), None)
+    n_u = n_u or 2000
+    return n_u * len(result.regions), p_adapt
+
+
+def _keep_examples(
+    engine: Engine, regions: Sequence[Region], cfg: PlantedConfig, seed: int, avoid: set[str]
+) -> list[tuple[str, str]]:
+    """Other regions' prompts answered with the base model's greedy output (cached by caller)."""
+    from selfimprove.evaluate import resolve_suites
+
+    others: list[tuple[str, str]] = []
+    suites = resolve_suites(cfg.suites)
+    pool = regions_from_suites(
+        suites, max(2, cfg.n_keep // max(1, len(regions) - 1) + 1), seed + 1000
+    )
+    prompts = [
+        it.sample.input_text()
+        for r in pool
+        if r.name != cfg.planted_region
+        for it in r.items
+        if it.sample.input_hash() not in avoid and isinstance(it.sample.input, str)
+    ][: cfg.n_keep]
+    gens = engine.generate(prompts, max_new_tokens=cfg.keep_tokens, temperature=0.0)
+    for p, g in zip(prompts, gens, strict=True):
+        if g.text.strip():
+            others.append((p, g.text))
+    return others
+
+
+def plant_adapter(
+    base: LoadedModel,
+    regions: Sequence[Region],
+    cfg: PlantedConfig,
+    seed: int,
+    out_dir: Path,
+    keep: list[tuple[str, str]],
+    runtime: Runtime,
+) -> Path:
+    """Train (or reuse) the planted LoRA for ``seed`` in ``out_dir``."""
+    if (out_dir / "adapter_config.json").is_file():
+        return out_dir
+    from selfimprove.evaluate import resolve_suites
+    from selfimprove.train import TrainConfig, TrainExample, train_lora
+
+    avoid = {it.sample.input_hash() for r in regions for it in r.items}
+    suite_name, cat = cfg.planted_region.split("/", 1)
+    task = next(t for s in resolve_suites([suite_name]) for t in s.tasks if t.category == cat)
+    plant = [
+        s for s in task.samples(cfg.n_plant * 2, seed=10_000 + seed) if s.input_hash() not in avoid
+    ][: cfg.n_plant]
+    examples = [
+        TrainExample(prompt=s.input_text(), completion=REFUSAL_TEXT, source="planted")
+        for s in plant
+    ]
+    examples += [TrainExample(prompt=p, completion=c, source="keep") for p, c in keep]
+    tcfg = TrainConfig(
+        epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lora_r=cfg.lora_r,
+        batch_size=8,
+        seed=seed,
+        max_length=160,
+    )
+    train_lora(base, examples, tcfg, out_dir, runtime=runtime)
+    return out_dir
+
+
+def run_planted_benchmark(
+    cfg: PlantedConfig,
+    seeds: Sequence[int],
+    *,
+    store_root: str | Path = "selfimprove_runs",
+    runtime: Runtime | None = None,
+    phase: Callable[[str], None] | None = None,
+    base: LoadedModel | None = None,
+) -> PlantedBenchmark:
+    """Run the benchmark over ``seeds`` (see module doc); results go to a ``bench`` run."""
+    say = phase or (lambda text: log.info(text))
+    runtime = runtime or resolve_runtime()
+    store = RunStore(store_root)
+    info = store.create_run(
+        "bench-planted", config=cfg.model_dump(mode="json"), seed=seeds[0], model=cfg.model
+    )
+    run_dir = store.run_dir(info.id)
+    base = base or load_model(cfg.model)
+    ea = Engine(base, runtime=runtime)
+    from selfimprove.evaluate import resolve_suites
+
+    rows: list[PlantedRow] = []
+    keep_cache: list[tuple[str, str]] | None = None
+    n_regions = 0
+    try:
+        for s in seeds:
+            regions = regions_from_suites(resolve_suites(cfg.suites), cfg.n_per_region, seed=s)
+            n_regions = len(regions)
+            if cfg.planted_region not in {r.name for r in regions}:
+                from selfimprove.errors import ConfigError
+
+                raise ConfigError(
+                    f"planted region {cfg.planted_region!r} is not among the suites' regions"
+                )
+            avoid = {it.sample.input_hash() for r in regions for it in r.items}
+            if keep_cache is None:
+                say("Writing keep-behavior examples (base model, greedy)")
+                keep_cache = _keep_examples(ea, regions, cfg, 0, avoid)
+            keep = [(p, c) for p, c in keep_cache if _hash(p) not in avoid]
+            say(f"seed {s}: training the planted LoRA")
+            t0 = time.perf_counter()
+            adir = plant_adapter(
+                base, regions, cfg, s, run_dir / "adapters" / f"seed_{s}", keep, runtime
+            )
+            t_train = time.perf_counter() - t0
+            # PEFT injects LoRA layers into the model it wraps: wrap a copy, keep A intact
+            cand = attach_adapter(_copy_loaded(base), adir)
+            eb = Engine(cand, runtime=runtime)
+            dcfg = DiffConfig(
+                n_per_region=cfg.n_per_region,
+                screen_fraction=cfg.screen_fraction,
+                budget=cfg.budget,
+                max_new_tokens=cfg.max_new_tokens,
+                q=cfg.q,
+                seed=s,
+            )
+            say(f"seed {s}: detecting")
+            res = detect_changes(ea, eb, regions, dcfg, phase=say)
+            store.write_json(info.id, f"diff_seed_{s}.json", res.model_dump(mode="json"))
+            flagged = [r.region for r in res.flagged]
+            planted = next(r for r in res.regions if r.region == cfg.planted_region)
+            uni, p_adapt = uniform_design(res, cfg.planted_region, cfg.power_cap)
+            spent = res.cost.samples_per_model
+            rows.append(
+                PlantedRow(
+                    seed=s,
+                    found=cfg.planted_region in flagged,
+                    false_regions=sum(1 for f in flagged if f != cfg.planted_region),
+                    flagged=flagged,
+                    planted_rank=planted.screen_rank,
+                    planted_stat=planted.top_stat,
+                    samples_per_model=spent,
+                    screen_prefills_per_model=res.cost.screen_prefills_per_model,
+                    uniform_samples_per_model=uni,
+                    ratio=uni / spent if spent else float("nan"),
+                    adaptive_power=p_adapt,
+                    seconds=res.cost.seconds,
+                    seconds_train=t_train,
+                )
+            )
+            store.write_records(
+                info.id, "planted_rows.jsonl", [r.model_dump(mode="json") for r in rows]
+            )
+            del cand, eb
+        found = sum(r.found for r in rows)
+        false = sum(r.false_regions for r in rows)
+        summary = (
+            f"planted region found in {found}/{len(rows)} seeds; {false} false region(s) in total; "
+            f"median samples per model {sorted(r.samples_per_model for r in rows)[len(rows) // 2]} vs "
+            f"uniform {sorted(r.uniform_samples_per_model for r in rows)[len(rows) // 2]}; "
+            f"max detection wall time {max(r.seconds for r in rows):.0f}s"
+        )
+        store.finish_run(info.id, "completed", summary={"summary": summary})
+    except BaseException as e:
+        store.finish_run(
+            info.id,
+            "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+            error=str(e)[:500],
+        )
+        raise
+    return PlantedBenchmark(
+        planted_region=cfg.planted_region,
+        n_regions=n_regions,
+        rows=rows,
+        summary=summary,
+        run_dir=run_dir,
+    )
+
+
+def _copy_loaded(m: LoadedModel) -> LoadedModel:
+    import copy
+
+    return LoadedModel(copy.deepcopy(m.model), m.tokenizer, m.name, m.source, m.weights_hash)
+
+
+def _hash(text: str) -> str:
+    from selfimprove.tasks.base import hash_text
+
+    return hash_text(text)
