@@ -196,3 +196,47 @@ def test_cli_diff_tiny_models(tmp_path: Path) -> None:
         app, ["diff", "tiny-llama", "--adapter", str(tmp_path / "nope"), "--store", str(store)]
     )
     assert r.exit_code != 0
+
+
+def test_adapter_candidate_leaves_base_untouched_and_weights_summary(tmp_path: Path) -> None:
+    """base + adapter must not turn A into B (PEFT wraps models in place)."""
+    from selfimprove.diff.planted import PlantedConfig, run_planted_benchmark
+    from selfimprove.diff.run import load_pair
+    from selfimprove.diff.weights import lora_delta_summary, per_layer
+    from selfimprove.runtime import resolve_runtime
+
+    cfg = PlantedConfig(
+        model="tiny-llama", suites=["letters"], n_per_region=12, n_plant=8, n_keep=8,
+        keep_tokens=4, budget=12, max_new_tokens=4, epochs=1,
+    )  # fmt: skip
+    bench = run_planted_benchmark(
+        cfg, [0], store_root=tmp_path / "s", runtime=resolve_runtime(2, "fp32")
+    )
+    assert len(bench.rows) == 1 and bench.rows[0].screen_prefills_per_model == 4 * 4
+    adir = bench.run_dir / "adapters" / "seed_0"
+    a, b = load_pair("tiny-llama", None, str(adir))
+    assert not any("lora_" in n for n, _ in a.model.named_modules())
+    deltas = lora_delta_summary(b.model)
+    assert deltas and all(d.norm > 0 and d.effective_rank >= 1 for d in deltas)
+    # the spectrum equals the dense ΔW's singular values
+    import peft  # noqa: F401
+
+    mod = dict(b.model.named_modules())["base_model.model." + deltas[0].module]
+    key = next(iter(mod.lora_A.keys()))
+    dense = mod.scaling[key] * mod.lora_B[key].weight @ mod.lora_A[key].weight
+    sv = torch.linalg.svdvals(dense.detach())[: len(deltas[0].singular_values)]
+    assert torch.allclose(sv, torch.tensor(deltas[0].singular_values), rtol=1e-4, atol=1e-6)
+    assert per_layer(deltas)
+    from selfimprove.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError):
+        load_pair("tiny-gpt2", None, str(adir))  # adapter of another base
+
+
+def test_contrastive_decoding_runs_and_equals_greedy_at_lambda_zero(base) -> None:
+    from selfimprove.diff.explore import contrastive_decode
+
+    prompts = ["What is 7 plus 5?"]
+    cd = contrastive_decode(base, base, prompts, lam=0.0, beta=0.0, max_new_tokens=5)
+    greedy = base.generate(prompts, max_new_tokens=5)
+    assert cd[0].exploratory and cd[0].text == greedy[0].text
