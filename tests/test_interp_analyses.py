@@ -117,7 +117,7 @@ def test_lora_knockout_names_the_only_adapted_layer(
     pm = _lora_one_layer(loaded.model, 1)
     pad = pad_id_of(loaded)
     ref = losses(pm, items, pad)
-    rows, total = lora_layer_knockout(pm, items[:16], items[16:32], pad)
+    rows, _total = lora_layer_knockout(pm, items[:16], items[16:32], pad)
     by = {(r.layer, r.group): r for r in rows}
     # layer 0's LoRA is the identity: knocking it out changes nothing (a null with known truth)
     assert by[(0, "target")].test.mean == 0.0 and not by[(0, "target")].test.significant
