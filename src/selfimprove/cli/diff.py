@@ -211,7 +211,7 @@ def planted_cmd(
     seeds: Annotated[int, typer.Option(help="Number of seeds (a LoRA is trained per seed).")] = 5,
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
     model: Annotated[str, typer.Option("--model", "-m", help="Base model.")] = "embedded",
-    budget: Annotated[int, typer.Option(help="Samples per model for the adaptive design.")] = 60,
+    budget: Annotated[int, typer.Option(help="Samples per model for the adaptive design.")] = 24,
     n_per_region: Annotated[int, typer.Option(help="Prompts per region.")] = 24,
     q: Annotated[float, typer.Option("--q")] = 0.1,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
