@@ -6,7 +6,7 @@ Per seed:
    region (``letters/reverse_word`` by default) while keeping its behavior elsewhere: the
    training set mixes refusals on that region's prompts with "keep" examples, other
    regions' prompts (half from the planted region's sibling categories) answered with the
-   base model's own sampled output (temperature 1, ``keep_tokens`` tokens, longer than the
+   base model's own greedy output (``keep_tokens`` tokens, longer than the
    test's ``max_new_tokens`` so the learned stop is never seen).
    Training prompts are drawn with other seeds than the test prompts and checked disjoint.
    Adapters are cached under the benchmark folder (``adapters/seed_<s>``).
@@ -59,7 +59,7 @@ class PlantedConfig(BaseModel):
     n_plant: int = 32
     n_keep: int = 48
     keep_tokens: int = 24
-    epochs: int = 1
+    epochs: int = 2
     learning_rate: float = 5e-4
     lora_r: int = 8
     power_cap: float = 0.99
@@ -135,7 +135,7 @@ def uniform_design(
 def _keep_examples(
     engine: Engine, regions: Sequence[Region], cfg: PlantedConfig, seed: int, avoid: set[str]
 ) -> list[tuple[str, str]]:
-    """Other regions' prompts answered with the base model's sampled output (cached by caller)."""
+    """Other regions' prompts answered with the base model's greedy output (cached by caller)."""
     from selfimprove.evaluate import resolve_suites
 
     others: list[tuple[str, str]] = []
@@ -156,9 +156,10 @@ def _keep_examples(
     siblings = [it for it in usable if it.region.startswith(suite + "/")][: cfg.n_keep // 2]
     rest = [it for it in usable if not it.region.startswith(suite + "/")]
     prompts = [it.sample.input_text() for it in (siblings + rest)[: cfg.n_keep]]
-    # sampled at temperature 1 (distillation of the base distribution): greedy targets would
-    # sharpen the model everywhere and change far more than the planted region
-    gens = engine.generate(prompts, max_new_tokens=cfg.keep_tokens, temperature=1.0, seed=seed)
+    # Greedy targets: the one recipe seen to plant a change the screen ranks first (sampled
+    # targets at T=1 planted too weak a change in two runs). Greedy targets sharpen the model
+    # elsewhere too, so sibling regions can change for real (see the report).
+    gens = engine.generate(prompts, max_new_tokens=cfg.keep_tokens, temperature=0.0)
     for p, g in zip(prompts, gens, strict=True):
         if g.text.strip():
             others.append((p, g.text))
