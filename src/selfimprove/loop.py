@@ -180,6 +180,22 @@ def _eval_phase(
     ]
 
 
+def _train_row(
+    suite: str, s: Any, completion: str, source: str, rnd: int, *, row_id: str | None = None
+) -> dict[str, Any]:
+    """One training-data row (``data_*.jsonl``, ``replay.jsonl``) for sample ``s``."""
+    return {
+        "id": row_id or s.id,
+        "suite": suite,
+        "category": s.category,
+        "input_hash": s.input_hash(),
+        "prompt": s.input if isinstance(s.input, str) else [m.model_dump() for m in s.input],
+        "completion": completion,
+        "source": source,
+        "round": rnd,
+    }
+
+
 def _replay_phase(
     store: RunStore,
     run_id: str,
@@ -212,20 +228,7 @@ def _replay_phase(
         if not r.correct or not r.output or (r.suite, r.sample_id) not in by_id:
             continue
         su, s = by_id[(r.suite, r.sample_id)]
-        rows.append(
-            {
-                "id": f"replay/{s.id}",
-                "suite": su,
-                "category": s.category,
-                "input_hash": s.input_hash(),
-                "prompt": s.input
-                if isinstance(s.input, str)
-                else [m.model_dump() for m in s.input],
-                "completion": r.output,
-                "source": "replay",
-                "round": 0,
-            }
-        )
+        rows.append(_train_row(su, s, r.output, "replay", 0, row_id=f"replay/{s.id}"))
     funnel = {"drawn": len(items), "answered": len(recs), "kept_correct": len(rows)}
     return rows, funnel
 
@@ -503,18 +506,7 @@ def run_loop(
                         prev_data
                         + self_rows
                         + [
-                            {
-                                "id": s.id,
-                                "suite": su,
-                                "category": s.category,
-                                "input_hash": s.input_hash(),
-                                "prompt": s.input
-                                if isinstance(s.input, str)
-                                else [m.model_dump() for m in s.input],
-                                "completion": t_.reference(s),
-                                "source": "templated",
-                                "round": rnd,
-                            }
+                            _train_row(su, s, t_.reference(s), "templated", rnd)
                             for su, t_, s in gold
                         ]
                     )
