@@ -21,8 +21,10 @@ from selfimprove.gate import (
     decide,
     holm,
     mcnemar_exact,
+    min_noninferiority_n,
     newcombe_paired_ci,
     noninferiority_binary,
+    noninferiority_binary_power,
     noninferiority_mean,
     paired_bootstrap,
     tango_restricted_mle,
@@ -462,3 +464,74 @@ def test_decide_counts_unscored_after_items_as_wrong():
     refusal = next(s for s in d.sentinels if s.suite == "refusal")
     assert refusal.test is not None and refusal.test.n == 200
     assert not refusal.passed and not d.accepted
+
+
+# ----------------------------------------------------------------------------- power
+
+
+def test_min_noninferiority_n_is_the_boundary():
+    for m in (0.05, 0.1, 0.2):
+        n = min_noninferiority_n(m)
+        assert noninferiority_binary([True] * n, [True] * n, m).non_inferior
+        assert not noninferiority_binary([True] * (n - 1), [True] * (n - 1), m).non_inferior
+    assert min_noninferiority_n(0.05) == 52 and min_noninferiority_n(0.10) == 25
+
+
+@pytest.mark.parametrize("n, m, psi, delta", [(40, 0.1, 0.2, 0.0), (60, 0.05, 0.1, 0.05)])
+def test_noninferiority_power_matches_simulation(n, m, psi, delta):
+    rng = np.random.default_rng(1)
+    reps, hits = 3000, 0
+    pb, pc = (psi - delta) / 2, (psi + delta) / 2
+    for _ in range(reps):
+        u = rng.random(n)
+        x = rng.random(n) < 0.5
+        y = x.copy()
+        y[u < pb] = False
+        x[u < pb] = True  # right -> wrong
+        flip_up = (u >= pb) & (u < pb + pc)
+        x[flip_up], y[flip_up] = False, True  # wrong -> right
+        hits += noninferiority_binary(x, y, m).non_inferior
+    exact = noninferiority_binary_power(n, m, discordance=psi, delta=delta)
+    assert abs(hits / reps - exact) < 4 * np.sqrt(exact * (1 - exact) / reps) + 1e-3
+
+
+def test_pooled_sentinels_pass_where_per_suite_cannot():
+    """Five 24-item sentinels with no change but flips: per-suite cannot pass, pooled can."""
+    rng = np.random.default_rng(3)
+    before, after = [], []
+    for k in range(5):
+        x = rng.random(24) < 0.5
+        y = x.copy()
+        flip = rng.permutation(24)[:2]  # one each way: no net change
+        y[flip[0]], x[flip[0]] = False, True
+        y[flip[1]], x[flip[1]] = True, False
+        b, a = _binary_records(f"s{k}", "c", x, y, as_dict=True)
+        before += b
+        after += a
+    suites = [f"s{k}" for k in range(5)]
+    per = decide(before, after, target_categories=[], sentinel_suites=suites,
+                 config=GateConfig(sentinel_mode="per_suite", require_target_gain=False))  # fmt: skip
+    pooled = decide(before, after, target_categories=[], sentinel_suites=suites,
+                    config=GateConfig(require_target_gain=False))  # fmt: skip
+    assert not per.accepted and pooled.accepted, pooled.reasons
+    assert [s.kind for s in pooled.sentinels] == ["binary"] + ["no_harm"] * 5
+    assert pooled.sentinels[0].test is not None and pooled.sentinels[0].test.n == 120
+
+
+def test_pooled_sentinels_still_reject_one_collapsed_suite():
+    rng = np.random.default_rng(4)
+    before, after = [], []
+    for k in range(5):
+        x = rng.random(40) < 0.6
+        y = x.copy()
+        if k == 2:
+            y[:] = False  # this suite collapses; the pooled drop is ~12 points
+        b, a = _binary_records(f"s{k}", "c", x, y, as_dict=False)
+        before += b
+        after += a
+    d = decide(before, after, target_categories=[], sentinel_suites=[f"s{k}" for k in range(5)],
+               config=GateConfig(require_target_gain=False, sentinel_margin=0.2))  # fmt: skip
+    assert not d.accepted
+    harm = {s.suite: s.passed for s in d.sentinels if s.kind == "no_harm"}
+    assert harm["s2"] is False and all(v for k, v in harm.items() if k != "s2")
+    assert any(r.startswith("rejected: significantly worse") and "s2" in r for r in d.reasons)

@@ -137,6 +137,25 @@ def test_lora_knockout_names_the_only_adapted_layer(
     assert mod  # module tree is intact
 
 
+def test_band_knockout_of_all_layers_equals_adapter_off(
+    loaded: LoadedModel, items: list[InterpItem]
+) -> None:
+    from selfimprove.interp.lora import layer_bands, lora_band_knockout
+
+    assert layer_bands(range(30), 3) == [list(range(10)), list(range(10, 20)), list(range(20, 30))]
+    assert layer_bands([0, 1], 3) == [[0], [1]]
+    pm = _lora_one_layer(loaded.model, 1)
+    pad = pad_id_of(loaded)
+    _rows, total = lora_layer_knockout(pm, items[:16], items[16:32], pad)
+    bands = lora_band_knockout(pm, items[:16], items[16:32], pad, total, n_bands=1)
+    tgt = next(b for b in bands if b.group == "target")
+    assert (tgt.first, tgt.last) == (0, 1)
+    assert tgt.share_of_effect == pytest.approx(1.0, abs=1e-4)
+    two = lora_band_knockout(pm, items[:16], items[16:32], pad, total, n_bands=2)
+    by = {(b.first, b.group): b for b in two}
+    assert by[(0, "target")].test.mean == 0.0 and by[(1, "target")].test.significant
+
+
 def test_activation_probes_null_at_layer_zero_and_stats(
     loaded: LoadedModel, items: list[InterpItem]
 ) -> None:

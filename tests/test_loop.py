@@ -214,3 +214,27 @@ def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small
     for ar in res.rounds:
         assert ar.train["n_replay"] == expected
         assert ar.train["n_examples"] + ar.train["n_dropped"] == ar.n_train + expected
+
+
+def test_loop_refuses_a_gate_that_cannot_accept():
+    from types import SimpleNamespace
+
+    from selfimprove.errors import ConfigError
+    from selfimprove.gate import GateConfig
+    from selfimprove.loop import check_gate_power
+
+    gen, nll = SimpleNamespace(mode="generate"), SimpleNamespace(mode="nll")
+    plan = [
+        (SimpleNamespace(name="math"), gen, [0] * 24),
+        (SimpleNamespace(name="fmt"), gen, [0] * 24),
+        (SimpleNamespace(name="text"), nll, [0] * 24),
+    ]
+    names = ["math", "fmt", "text"]
+    with pytest.raises(ConfigError, match="needs at least 52"):
+        check_gate_power(plan, names, GateConfig(sentinel_mode="per_suite", sentinel_margin=0.05))
+    with pytest.raises(ConfigError, match="needs at least 52"):
+        check_gate_power(plan, names, GateConfig(sentinel_margin=0.05))  # pooled: 48 < 52
+    power = check_gate_power(plan, names, GateConfig())  # pooled 48 at margin 0.10
+    assert set(power) == {"pooled binary sentinels @ 10% discordant",
+                          "pooled binary sentinels @ 20% discordant"}  # fmt: skip
+    assert 0.5 < power["pooled binary sentinels @ 10% discordant"] <= 1.0

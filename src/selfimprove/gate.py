@@ -13,12 +13,21 @@ Method, in the order the gate applies it:
    (``b``), so ``c | b+c ~ Binomial(b+c, 1/2)``. Per-category McNemar tests are reported
    with Holm-adjusted p-values, for the report only: the decision uses the single pooled
    test, so the target side costs no multiplicity correction.
-2. **Sentinels** (did it break anything else?). Each sentinel suite must show
-   *non-inferiority*: binary suites by Tango's score test for a paired difference of
-   proportions (H0: p_after − p_before ≤ −margin); NLL suites (general text, lower is
-   better) by a paired one-sided t-test on the per-item NLL (H0: mean increase ≥ margin).
-   A round that *fails to show* non-inferiority on any sentinel is rejected — absence of
-   evidence of harm is not enough.
+2. **Sentinels** (did it break anything else?). Sentinels must show *non-inferiority*:
+   binary outcomes by Tango's score test for a paired difference of proportions
+   (H0: p_after − p_before ≤ −margin); NLL suites (general text, lower is better) by a
+   paired one-sided t-test on the per-item NLL (H0: mean increase ≥ margin). A round that
+   *fails to show* non-inferiority is rejected — absence of evidence of harm is not enough.
+   ``sentinel_mode="pooled"`` (default) runs one Tango test on the binary items of all
+   sentinel suites pooled, plus, per binary suite, an exact one-sided McNemar test for harm
+   (reject if that suite got significantly worse at α); ``"per_suite"`` runs a Tango test
+   per suite. Why pooled is the default: per suite, the test needs
+   ``n ≥ z_α²(1 − m)/m`` items just to pass when *nothing* changed (52 at m = 0.05), and
+   far more when a small model's greedy answers flip in both directions (measured on
+   SmolLM2-135M after one LoRA round: 10–50% of sentinel items discordant), so a gate of
+   several 24-item suites cannot accept any round. :func:`noninferiority_binary_power`
+   gives the exact power; the loop refuses a configuration that could not pass even with
+   zero changed items.
 3. **Training health**: every training loss finite, and the last loss at most
    ``max_loss_ratio`` × the first.
 
@@ -153,11 +162,15 @@ class TargetResult(BaseModel):
 
 
 class SentinelResult(BaseModel):
-    """Non-inferiority of one sentinel suite on one kind of metric."""
+    """One sentinel check: non-inferiority (binary or NLL) or, per suite, no significant harm.
+
+    ``suite`` names the suite, or ``"pooled: a+b+…"`` for the pooled binary test.
+    """
 
     suite: str
-    kind: Literal["binary", "nll"]
+    kind: Literal["binary", "nll", "no_harm"]
     test: NonInferiorityTest | None
+    harm: PairedBinaryTest | None = None
     passed: bool
     note: str = ""
 
@@ -175,17 +188,25 @@ class GateConfig(BaseModel):
         "No correction across sentinels: they form an intersection-union test.",
     )
     sentinel_margin: float = Field(
-        0.05,
+        0.10,
         gt=0.0,
         lt=1.0,
         description="Non-inferiority margin for binary sentinels, in absolute accuracy "
-        "(0.05 = a drop of up to 5 points is tolerated).",
+        "(0.10 = a drop of up to 10 points is tolerated). At 0.05 the test needs 52 items to "
+        "pass even when nothing changes, and about 250 for 80% power when 10% of answers flip.",
+    )
+    sentinel_mode: Literal["pooled", "per_suite"] = Field(
+        "pooled",
+        description="'pooled': one non-inferiority test on all binary sentinel items pooled, "
+        "plus per suite an exact McNemar test that rejects a suite that got significantly "
+        "worse; 'per_suite': a non-inferiority test per suite (needs far more items per "
+        "suite; see noninferiority_binary_power).",
     )
     nll_margin: float = Field(
-        0.05,
+        0.10,
         gt=0.0,
-        description="Non-inferiority margin for NLL sentinels, in nats/token "
-        "(a mean per-token NLL increase of up to this is tolerated).",
+        description="Non-inferiority margin for NLL sentinels, in nats/token (a mean "
+        "per-token NLL increase of up to this, about 10% perplexity at 0.10, is tolerated).",
     )
     require_target_gain: bool = Field(
         True,
@@ -472,6 +493,57 @@ def noninferiority_binary(
     )
 
 
+def min_noninferiority_n(margin: float, alpha: float = 0.05) -> int:
+    """Fewest paired items with which :func:`noninferiority_binary` can pass at all.
+
+    With no discordant pair the Tango statistic is ``sqrt(n·m/(1 − m))`` (q̃ = m), its
+    largest value at a given n; below this n the test rejects every round, whatever
+    the model does.
+    """
+    z = float(stats.norm.isf(alpha))
+    return math.ceil(z * z * (1.0 - margin) / margin - 1e-9)
+
+
+def noninferiority_binary_power(
+    n: int,
+    margin: float,
+    *,
+    alpha: float = 0.05,
+    discordance: float = 0.1,
+    delta: float = 0.0,
+) -> float:
+    """Exact probability that :func:`noninferiority_binary` shows non-inferiority.
+
+    Under a model where each item flips wrong→right with probability (ψ + δ)/2 and
+    right→wrong with (ψ − δ)/2 (ψ = ``discordance``, δ = ``delta`` the true change in
+    accuracy), the counts (b, c, rest) are trinomial; the power sums their probabilities
+    over the (b, c) where the score test rejects. Exact, O(n²).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    pb, pc = (discordance - delta) / 2.0, (discordance + delta) / 2.0
+    if min(pb, pc) < 0 or pb + pc > 1:
+        raise ValueError(f"impossible flip rates: discordance={discordance}, delta={delta}")
+    z_a = float(stats.norm.isf(alpha))
+    power = 0.0
+    lg = math.lgamma
+    for b in range(n + 1):
+        for c in range(n - b + 1):
+            q = tango_restricted_mle(b, c, n, -margin)
+            var = n * (2.0 * q - margin * (1.0 + margin))
+            z = (c - b + n * margin) / math.sqrt(var) if var > 0 else math.inf
+            if z < z_a:
+                continue
+            r = n - b - c
+            terms = [(b, pb), (c, pc), (r, 1.0 - pb - pc)]
+            if any(k > 0 and p_ <= 0 for k, p_ in terms):
+                continue
+            logp = lg(n + 1) - lg(b + 1) - lg(c + 1) - lg(r + 1)
+            logp += sum(k * math.log(p_) for k, p_ in terms if k > 0)
+            power += math.exp(logp)
+    return min(1.0, power)
+
+
 def noninferiority_mean(
     before: Sequence[float],
     after: Sequence[float],
@@ -649,10 +721,24 @@ def _target(
     )
 
 
+def _binary_noninferiority(
+    name: str, rows: list[tuple[Any, Any]], config: GateConfig
+) -> SentinelResult:
+    t = noninferiority_binary(
+        [_outcome(rb, config.metric) for rb, _ in rows],
+        [_outcome(ra, config.metric) for _, ra in rows],
+        config.sentinel_margin,
+        alpha=config.alpha,
+        metric=config.metric,
+    )
+    return SentinelResult(suite=name, kind="binary", test=t, passed=t.non_inferior)
+
+
 def _sentinels(
     pairs: list[tuple[Any, Any]], sentinel_suites: Sequence[str], config: GateConfig
 ) -> list[SentinelResult]:
     out: list[SentinelResult] = []
+    binary_by_suite: dict[str, list[tuple[Any, Any]]] = {}
     for suite in sentinel_suites:
         rows = [(rb, ra) for rb, ra in pairs if _get(rb, "suite") == suite]
         if not rows:
@@ -664,17 +750,28 @@ def _sentinels(
                 f"sentinel suite {suite!r} has neither binary (`correct`) nor NLL-mode records"
             )
         if binary:
-            t = noninferiority_binary(
-                [_outcome(rb, config.metric) for rb, _ in binary],
-                [_outcome(ra, config.metric) for _, ra in binary],
-                config.sentinel_margin,
-                alpha=config.alpha,
-                metric=config.metric,
-            )
-            out.append(SentinelResult(suite=suite, kind="binary", test=t, passed=t.non_inferior))
+            binary_by_suite[suite] = binary
         if nll:
             out.append(_nll_sentinel(suite, nll, config))
-    return out
+    if config.sentinel_mode == "per_suite" or len(binary_by_suite) <= 1:
+        binary_results = [_binary_noninferiority(s, r, config) for s, r in binary_by_suite.items()]
+    else:
+        pooled = [p for rows in binary_by_suite.values() for p in rows]
+        binary_results = [
+            _binary_noninferiority("pooled: " + "+".join(binary_by_suite), pooled, config)
+        ]
+        for suite, rows in binary_by_suite.items():
+            h = mcnemar_exact(
+                [_outcome(rb, config.metric) for rb, _ in rows],
+                [_outcome(ra, config.metric) for _, ra in rows],
+                alternative="less",
+            )
+            binary_results.append(
+                SentinelResult(
+                    suite=suite, kind="no_harm", test=None, harm=h, passed=h.p_less > config.alpha
+                )
+            )
+    return binary_results + out
 
 
 def _finite(v: Any) -> bool:
@@ -768,9 +865,10 @@ def decide(
         after: The same items scored with the post-round model.
         target_categories: ``(suite, category)`` pairs the round aimed to improve.
         sentinel_suites: Suites that must not regress. Binary records (``correct`` set)
-            are tested with :func:`noninferiority_binary` at ``sentinel_margin``; records
-            of mode ``"nll"`` with :func:`noninferiority_mean` on ``ref_nll`` (lower is
-            better) at ``nll_margin``. A suite with both kinds gets both tests.
+            are tested with :func:`noninferiority_binary` at ``sentinel_margin`` (pooled
+            over suites plus a per-suite McNemar harm test, or per suite, by
+            ``sentinel_mode``); records of mode ``"nll"`` with :func:`noninferiority_mean`
+            on ``ref_nll`` (lower is better) at ``nll_margin``, per suite.
         config: Levels and margins.
         train_losses: Per-step training losses of the round, if any.
 
@@ -812,6 +910,19 @@ def decide(
 
     sentinels = _sentinels(pairs, sentinel_suites, config)
     for s in sentinels:
+        if s.kind == "no_harm" and s.harm is not None:
+            h = s.harm
+            line = (
+                f"sentinel {s.suite} ({config.metric}): exact McNemar one-sided for harm, "
+                f"n={h.n}, {h.before_rate:.3f} → {h.after_rate:.3f}, b={h.b} right→wrong, "
+                f"c={h.c} wrong→right, p={h.p_less:.3g} vs α={config.alpha:g}"
+            )
+            if s.passed:
+                reasons.append("ok: no significant harm, " + line)
+            else:
+                accepted = False
+                reasons.append("rejected: significantly worse, " + line)
+            continue
         if s.test is None:
             reasons.append(f"rejected: sentinel {s.suite} ({s.kind}): {s.note}")
             accepted = False

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -74,7 +75,7 @@ class LoopConfig(BaseModel):
     eval_n: int = Field(
         32, ge=4, description="Fixed evaluation items per skill suite (split over categories)."
     )
-    sentinel_n: int = Field(24, ge=4, description="Fixed evaluation items per sentinel suite.")
+    sentinel_n: int = Field(32, ge=4, description="Fixed evaluation items per sentinel suite.")
     weakness: WeaknessConfig = Field(default_factory=WeaknessConfig)
     self_data: SelfDataConfig = Field(default_factory=SelfDataConfig)
     replay: int = Field(
@@ -293,6 +294,54 @@ def _target_accuracy(
 # --------------------------------------------------------------------------- the loop
 
 
+def check_gate_power(
+    plan: Sequence[tuple[Any, Any, Sequence[Any]]], sentinel_names: Sequence[str], gate_cfg: Any
+) -> dict[str, float]:
+    """Refuse a gate that could not accept a round even if nothing changed; log its power.
+
+    Counts the binary (non-NLL) sentinel items each non-inferiority test will see and asks
+    :func:`selfimprove.gate.min_noninferiority_n`; the exact power at 10% and 20%
+    discordant items and no true change (:func:`selfimprove.gate.noninferiority_binary_power`)
+    is logged and returned. Raises :class:`ConfigError` naming the fix.
+    """
+    from selfimprove.errors import ConfigError
+    from selfimprove.gate import min_noninferiority_n, noninferiority_binary_power
+
+    n_by_suite: dict[str, int] = defaultdict(int)
+    for suite, task, xs in plan:
+        if suite.name in sentinel_names and getattr(task, "mode", "generate") != "nll":
+            n_by_suite[suite.name] += len(xs)
+    if not n_by_suite:
+        return {}
+    tests = (
+        dict(n_by_suite)
+        if gate_cfg.sentinel_mode == "per_suite" or len(n_by_suite) == 1
+        else {"pooled binary sentinels": sum(n_by_suite.values())}
+    )
+    need = min_noninferiority_n(gate_cfg.sentinel_margin, gate_cfg.alpha)
+    short = {k: n for k, n in tests.items() if n < need}
+    if short:
+        raise ConfigError(
+            "The gate can never accept a round: "
+            + ", ".join(f"{k} has {n} items" for k, n in short.items())
+            + f", but non-inferiority at margin {gate_cfg.sentinel_margin:g} and alpha "
+            f"{gate_cfg.alpha:g} needs at least {need} even when no answer changes. "
+            "Raise loop.sentinel_n, raise loop.gate.sentinel_margin, or use "
+            "loop.gate.sentinel_mode: pooled."
+        )
+    power: dict[str, float] = {}
+    for k, n in tests.items():
+        for psi in (0.1, 0.2):
+            power[f"{k} @ {psi:.0%} discordant"] = noninferiority_binary_power(
+                n, gate_cfg.sentinel_margin, alpha=gate_cfg.alpha, discordance=psi
+            )
+    log.info(
+        "gate power (no true change): %s",
+        ", ".join(f"{k}: {v:.2f}" for k, v in power.items()),
+    )
+    return power
+
+
 def run_loop(
     cfg: Any, *, resume: str | None = None, hook: ProgressHook | None = None
 ) -> LoopResult:
@@ -328,6 +377,7 @@ def run_loop(
     )
     items: list[Item] = [(su.name, t, x) for su, t, xs in plan for x in xs]
     sentinel_names = [s.name for s in sentinels]
+    check_gate_power(plan, sentinel_names, gate_cfg)
 
     hook.phase(f"Loading model {cfg.model.name}")
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)

@@ -27,7 +27,12 @@ from selfimprove.interp.hooks import (
     patch_residual,
     steer,
 )
-from selfimprove.interp.lora import analyze_lora, lora_deltas, lora_layer_knockout
+from selfimprove.interp.lora import (
+    analyze_lora,
+    lora_band_knockout,
+    lora_deltas,
+    lora_layer_knockout,
+)
 from selfimprove.interp.runner import ANALYSES, InterpResult, load_for_interp, run_interp
 from selfimprove.interp.saliency import analyze_saliency
 from selfimprove.interp.stats import EffectTest, bh, paired_effect, permutation_pvalue
@@ -54,6 +59,7 @@ __all__ = [
     "items_from_pairs",
     "layout_for",
     "load_for_interp",
+    "lora_band_knockout",
     "lora_deltas",
     "lora_knockout",
     "lora_layer_knockout",

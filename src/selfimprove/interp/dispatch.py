@@ -157,15 +157,17 @@ def _lora(
         "effective_rank",
         "intruder_dims",
     ]
+    band_rows = [b.to_dict() for b in r.bands]
     sections = [
         ("Per-layer adapter knockout", curve + table_html(rows, cols)),
+        ("Band knockout (contiguous layers at once)", table_html(band_rows, ["layers", *cols[1:]])),
         ("ΔW per module", table_html(r.deltas, dcols)),
     ]
     return AnalysisOutput(
         cols,
         rows,
         r.summary,
-        {"knockout": rows, "deltas": r.deltas, "summary": r.summary},
+        {"knockout": rows, "bands": band_rows, "deltas": r.deltas, "summary": r.summary},
         sections,
     )
 
