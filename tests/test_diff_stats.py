@@ -17,7 +17,6 @@ from statsmodels.stats.multitest import multipletests
 
 from selfimprove.diff.allocate import allocate_budget
 from selfimprove.diff.stats import (
-    benjamini_hochberg,
     binary_test,
     combine_bonferroni,
     divergence_test,
@@ -26,6 +25,7 @@ from selfimprove.diff.stats import (
     pairs_for_power,
     saffron,
 )
+from selfimprove.stats import benjamini_hochberg
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -9,7 +9,8 @@ from statsmodels.stats.multitest import multipletests
 
 from selfimprove.interp.activations import ridge_cv_accuracy
 from selfimprove.interp.lora import effective_rank
-from selfimprove.interp.stats import bh, bh_adjust, paired_effect, permutation_pvalue
+from selfimprove.interp.stats import bh, paired_effect, permutation_pvalue
+from selfimprove.stats import benjamini_hochberg
 
 
 def test_paired_t_matches_scipy_and_ci_covers() -> None:
@@ -54,7 +55,7 @@ def test_bh_equals_statsmodels_and_finds_the_true_effects() -> None:
     assert [t.p_adj for t in out] == pytest.approx(list(ref))
     assert {t.name for t in out if t.significant} == {f"real{i}" for i in range(5)}
     assert all(t.family == "f" for t in out)
-    assert bh_adjust([]) == []
+    assert benjamini_hochberg([]) == ([], [])
 
 
 def test_permutation_pvalue_never_zero() -> None:

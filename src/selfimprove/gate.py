@@ -58,6 +58,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from selfimprove.stats import holm
+
 log = logging.getLogger(__name__)
 
 Alternative = Literal["two-sided", "greater", "less"]
@@ -598,18 +600,6 @@ def noninferiority_mean(
         alpha=alpha,
         non_inferior=p <= alpha,
     )
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm step-down adjusted p-values (same as statsmodels ``multipletests(method='holm')``)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adj = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adj[i] = running
-    return adj
 
 
 # ---------------------------------------------------------------------------------------------

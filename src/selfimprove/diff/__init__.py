@@ -6,7 +6,7 @@ Curated API:
   BH (or SAFFRON/ADDIS) → named, validated flagged regions (:class:`DiffResult`).
 * :func:`regions_from_suites`, :func:`regions_from_jsonl`, :func:`split_region` — the fixed
   family of prompt regions and the screening/confirmatory split.
-* :func:`benjamini_hochberg`, :func:`saffron`, :func:`addis` — FDR control.
+* :func:`saffron`, :func:`addis` — online FDR control (BH is :mod:`selfimprove.stats`).
 * :func:`contrastive_decode` — exploratory search for extreme differences (outside FDR).
 * :func:`lora_delta_summary` — per-module ΔW norms and spectra of a LoRA candidate.
 * :func:`null_calibration`, :func:`run_planted_benchmark` — calibration and power checks.
@@ -31,7 +31,7 @@ from selfimprove.diff.regions import (
     split_region,
 )
 from selfimprove.diff.screen import RegionScreen
-from selfimprove.diff.stats import StatTest, addis, benjamini_hochberg, saffron
+from selfimprove.diff.stats import StatTest, addis, saffron
 
 __all__ = [
     "DiffConfig",
@@ -44,7 +44,6 @@ __all__ = [
     "StatTest",
     "addis",
     "allocate_budget",
-    "benjamini_hochberg",
     "check_same_tokenizer",
     "cluster_texts",
     "detect_changes",

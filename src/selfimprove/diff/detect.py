@@ -44,7 +44,6 @@ from selfimprove.diff.stats import (
     StatName,
     StatTest,
     addis,
-    benjamini_hochberg,
     binary_test,
     combine_bonferroni,
     divergence_test,
@@ -55,6 +54,7 @@ from selfimprove.diff.stats import (
 from selfimprove.engine import Engine
 from selfimprove.errors import ConfigError
 from selfimprove.evaluate import ANSWER_LINE_STOP
+from selfimprove.stats import benjamini_hochberg
 from selfimprove.tasks.validators import is_refusal
 
 log = logging.getLogger(__name__)

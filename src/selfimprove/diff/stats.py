@@ -164,26 +164,6 @@ def combine_bonferroni(p_values: Sequence[float]) -> float:
     return min(1.0, len(p_values) * min(p_values))
 
 
-def benjamini_hochberg(p_values: Sequence[float], q: float = 0.1) -> tuple[list[bool], list[float]]:
-    """Benjamini–Hochberg step-up at level ``q``: (rejected, adjusted q-values).
-
-    Adjusted values: ``q_(i) = min_{j ≥ i} m·p_(j)/j`` capped at 1 (the statsmodels
-    ``fdr_bh`` definition); hypothesis i is rejected iff ``q_i ≤ q``.
-    """
-    p = np.asarray(p_values, float)
-    m = len(p)
-    if m == 0:
-        return [], []
-    if np.any((p < 0) | (p > 1)) or np.any(~np.isfinite(p)):
-        raise ValueError("p-values must lie in [0, 1]")
-    order = np.argsort(p, kind="mergesort")
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adj_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
-    adj = np.empty(m)
-    adj[order] = np.minimum(adj_sorted, 1.0)
-    return [bool(x <= q) for x in adj], [float(x) for x in adj]
-
-
 def saffron(
     p_values: Sequence[float],
     alpha: float = 0.1,

@@ -1,8 +1,7 @@
 """Where the weights changed: per-module LoRA ΔW norms and spectra.
 
-For a PEFT LoRA module, ``ΔW = s·B·A`` with ``B`` (d_out, r), ``A`` (r, d_in) and scale
-``s = alpha/r``. Its singular values are those of the small r×r matrix ``R_B·R_Aᵀ`` from the
-QR factorisations ``B = Q_B R_B`` and ``Aᵀ = Q_A R_A`` (exact, and cheap for any d).
+For a PEFT LoRA module, ``ΔW = s·B·A`` (peft's ``get_delta_weight``), computed by
+:func:`selfimprove.interp.lora.lora_deltas`, the package's one ΔW implementation.
 Reported per module: Frobenius norm, norm relative to the frozen weight, top singular
 values and effective rank (exp of the entropy of the normalised singular values);
 aggregated per layer. This describes the weight change; tying it causally to behavior is
@@ -12,12 +11,9 @@ aggregated per layer. This describes the weight change; tying it causally to beh
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from pydantic import BaseModel
-
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
 class ModuleDelta(BaseModel):
@@ -42,41 +38,27 @@ class LayerDelta(BaseModel):
 def lora_delta_summary(
     model: Any, *, adapter: str | None = None, top: int = 4
 ) -> list[ModuleDelta]:
-    """Per-module ΔW of the LoRA adapter on ``model`` (empty when it has none), largest first."""
-    import torch
+    """Per-module ΔW of the LoRA adapter on ``model`` (empty when it has none), largest first.
 
-    out: list[ModuleDelta] = []
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            la = getattr(mod, "lora_A", None)
-            lb = getattr(mod, "lora_B", None)
-            if la is None or lb is None or not hasattr(la, "keys") or not len(la):
-                continue
-            key = adapter or next(iter(la.keys()))
-            if key not in la:
-                continue
-            a = la[key].weight.float()  # (r, d_in)
-            b = lb[key].weight.float()  # (d_out, r)
-            scale = float(mod.scaling[key]) if hasattr(mod, "scaling") else 1.0
-            _, rb = torch.linalg.qr(b)
-            _, ra = torch.linalg.qr(a.T)
-            sv = torch.linalg.svdvals(scale * rb @ ra.T)  # (r,)
-            norm = float(torch.linalg.vector_norm(sv))
-            base = getattr(mod, "base_layer", None)
-            wnorm = float(base.weight.float().norm()) if base is not None else float("nan")
-            p = sv / sv.sum() if float(sv.sum()) > 0 else sv
-            ent = -float((p[p > 0] * p[p > 0].log()).sum())
-            m = _LAYER_RE.search(name + ".")
-            out.append(
-                ModuleDelta(
-                    module=name.replace("base_model.model.", ""),
-                    layer=int(m.group(1)) if m else None,
-                    norm=norm,
-                    relative_norm=norm / wnorm if wnorm and math.isfinite(wnorm) else float("nan"),
-                    singular_values=[float(x) for x in sv[:top]],
-                    effective_rank=math.exp(ent) if norm > 0 else 0.0,
-                )
-            )
+    Computed by :func:`selfimprove.interp.lora.lora_deltas` (the one ΔW implementation),
+    without intruder dimensions.
+    """
+    from selfimprove.interp.lora import lora_deltas
+
+    if not hasattr(model, "peft_config"):
+        return []
+    out = [
+        ModuleDelta(
+            module=r["path"],
+            layer=r["layer"],
+            norm=r["fro_delta"],
+            relative_norm=r["relative_change"],
+            singular_values=r["spectrum"][:top],
+            effective_rank=r["effective_rank"] if r["fro_delta"] > 0 else 0.0,
+        )
+        for r in lora_deltas(model, intruders=False)
+        if adapter is None or r["adapter"] == adapter
+    ]
     out.sort(key=lambda d: -d.norm)
     return out
 

@@ -36,7 +36,8 @@ import torch
 
 from selfimprove.interp.common import InterpItem, chunks, forward, label_of, make_batch
 from selfimprove.interp.hooks import capture, layout_for
-from selfimprove.interp.stats import bh_adjust, permutation_pvalue
+from selfimprove.interp.stats import permutation_pvalue
+from selfimprove.stats import benjamini_hochberg
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def analyze_activations(
                     permutation_pvalue(acc, null),
                 )
             )
-        adj = bh_adjust([r.p for r in probes], alpha=alpha)
+        _rej, adj = benjamini_hochberg([r.p for r in probes], alpha)
         for r, a in zip(probes, adj, strict=True):
             r.p_adj, r.significant = a, a <= alpha
     sig = [r.layer for r in probes if r.significant]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,39 +67,67 @@ def intruder_dimensions(
     return int((sims < eps).sum()), [float(x) for x in sims]
 
 
+def _layer_index(path: str) -> int | None:
+    m = _LAYER_RE.search("." + path + ".")
+    return int(m.group(1)) if m else None
+
+
+_LAYER_RE = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+
+
 def lora_deltas(
-    model: Any, *, intruder_k: int = 10, intruder_eps: float = 0.5
+    model: Any, *, intruders: bool = True, intruder_k: int = 10, intruder_eps: float = 0.5
 ) -> list[dict[str, Any]]:
-    """One row per LoRA-adapted module: norms, spectrum, effective rank, intruder dimensions."""
+    """One row per LoRA-adapted module: norms, spectrum, effective rank, intruder dimensions.
+
+    The single ΔW implementation of the package (the detector's weight table reads it too).
+    Every ``LoraLayer`` of the model is covered, also outside decoder layers (``layer`` is
+    then ``None``). ``path`` is the module's name in the unwrapped model; ``module`` its
+    name within its decoder layer. ``intruders=False`` skips the two full SVDs per module
+    that intruder dimensions need.
+    """
+    from peft.tuners.lora import LoraLayer
+
     rows: list[dict[str, Any]] = []
-    for layer, mods in sorted(lora_modules_by_layer(model).items()):
-        for name, mod in mods:
-            for adapter in mod.active_adapters:  # type: ignore[union-attr]
-                if adapter not in mod.lora_A:  # type: ignore[operator]
-                    continue
-                with torch.no_grad():
-                    dW = mod.get_delta_weight(adapter).float()  # type: ignore[operator]  # (out, in)
-                    W = mod.get_base_layer().weight.float()  # type: ignore[operator]
-                    if W.shape != dW.shape:
-                        W = W.T
-                    s = torch.linalg.svdvals(dW.double())
-                    r = int(mod.r[adapter])  # type: ignore[index]
-                    n_intr, sims = intruder_dimensions(W, W + dW, k=intruder_k, eps=intruder_eps)
-                rows.append(
-                    {
-                        "layer": layer,
-                        "module": name,
-                        "adapter": adapter,
-                        "rank": r,
-                        "fro_delta": float(dW.norm()),
-                        "fro_base": float(W.norm()),
-                        "relative_change": float(dW.norm() / W.norm().clamp(min=1e-12)),
-                        "spectrum": [float(x) for x in s[:r]],
-                        "effective_rank": effective_rank(s[:r].numpy()),
-                        "intruder_dims": n_intr,
-                        "intruder_max_cos": sims,
-                    }
+    for full, layer_mod in model.named_modules():
+        if not isinstance(layer_mod, LoraLayer):
+            continue
+        mod: Any = layer_mod
+        path = full.removeprefix("base_model.model.")
+        layer = _layer_index(path)
+        short = path.split(f".{layer}.", 1)[1] if layer is not None else path
+        for adapter in mod.active_adapters:
+            if adapter not in mod.lora_A:
+                continue
+            with torch.no_grad():
+                dW = mod.get_delta_weight(adapter).float()  # (out, in)
+                W = mod.get_base_layer().weight.float()
+                if W.shape != dW.shape:
+                    W = W.T
+                s = torch.linalg.svdvals(dW.double())
+                r = int(mod.r[adapter])
+                n_intr, sims = (
+                    intruder_dimensions(W, W + dW, k=intruder_k, eps=intruder_eps)
+                    if intruders
+                    else (None, [])
                 )
+            rows.append(
+                {
+                    "layer": layer,
+                    "module": short,
+                    "path": path,
+                    "adapter": adapter,
+                    "rank": r,
+                    "fro_delta": float(dW.norm()),
+                    "fro_base": float(W.norm()),
+                    "relative_change": float(dW.norm() / W.norm().clamp(min=1e-12)),
+                    "spectrum": [float(x) for x in s[:r]],
+                    "effective_rank": effective_rank(s[:r].numpy()),
+                    "intruder_dims": n_intr,
+                    "intruder_max_cos": sims,
+                }
+            )
+    rows.sort(key=lambda d: (d["layer"] is None, d["layer"] or 0, d["path"]))
     return rows
 
 

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from selfimprove.stats import benjamini_hochberg
+
 TestMethod = Literal["auto", "t", "signflip", "wilcoxon"]
 
 
@@ -140,19 +142,8 @@ def bh(tests: Sequence[EffectTest], *, alpha: float = 0.05, family: str = "") ->
     """Benjamini–Hochberg across ``tests`` (one family); returns updated copies."""
     if not tests:
         return []
-    ps = bh_adjust([t.p for t in tests], alpha=alpha)
+    _rej, ps = benjamini_hochberg([min(1.0, max(0.0, t.p)) for t in tests], alpha)
     return [
         replace(t, p_adj=float(pa), significant=bool(pa <= alpha), family=family or t.family)
         for t, pa in zip(tests, ps, strict=True)
     ]
-
-
-def bh_adjust(pvalues: Sequence[float], *, alpha: float = 0.05) -> list[float]:
-    """BH-adjusted p-values (``statsmodels`` ``fdr_bh``)."""
-    from statsmodels.stats.multitest import multipletests
-
-    if len(pvalues) == 0:
-        return []
-    p = np.clip(np.asarray(pvalues, dtype=np.float64), 0.0, 1.0)
-    _rej, padj, _a, _b = multipletests(p, alpha=alpha, method="fdr_bh")
-    return [float(x) for x in padj]
