@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,8 @@ def test_adapter_candidate_leaves_base_untouched_and_weights_summary(tmp_path: P
     from selfimprove.runtime import resolve_runtime
 
     cfg = PlantedConfig(
-        model="tiny-llama", suites=["letters"], n_per_region=12, n_plant=8, n_keep=8,
+        model="tiny-llama", suites=["letters"], region_by="category",
+        planted_region="letters/reverse_word", n_per_region=12, n_plant=8, n_keep=8,
         keep_tokens=4, budget=12, max_new_tokens=4, epochs=1,
     )  # fmt: skip
     bench = run_planted_benchmark(
@@ -240,3 +242,15 @@ def test_contrastive_decoding_runs_and_equals_greedy_at_lambda_zero(base) -> Non
     cd = contrastive_decode(base, base, prompts, lam=0.0, beta=0.0, max_new_tokens=5)
     greedy = base.generate(prompts, max_new_tokens=5)
     assert cd[0].exploratory and cd[0].text == greedy[0].text
+
+
+def test_suite_regions_cover_every_category_evenly() -> None:
+    from selfimprove.evaluate import resolve_suites
+
+    suites = resolve_suites(["letters", "logic"])
+    regs = regions_from_suites(suites, 10, seed=3, by="suite")
+    assert [r.name for r in regs] == ["letters", "logic"]
+    letters = regs[0]
+    assert len(letters.items) == 10 and all(it.region == "letters" for it in letters.items)
+    cats = Counter(it.task.category for it in letters.items)
+    assert set(cats) == {t.category for t in suites[0].tasks} and max(cats.values()) <= 3

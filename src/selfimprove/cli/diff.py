@@ -8,7 +8,7 @@ calibration; ``selfimprove bench planted`` runs the planted-change benchmark.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -109,6 +109,9 @@ def diff_cmd(
     n_per_region: Annotated[
         int, typer.Option(help="Prompts per region (half screen, half test).")
     ] = 24,
+    regions: Annotated[
+        str, typer.Option(help="Regions from suites: 'category' (suite/category) or 'suite'.")
+    ] = "category",
     budget: Annotated[int, typer.Option(help="Sampled outputs per model for the tests.")] = 200,
     q: Annotated[float, typer.Option("--q", help="False discovery rate.")] = 0.1,
     fdr: Annotated[str, typer.Option(help="bh | saffron | addis")] = "bh",
@@ -141,6 +144,9 @@ def diff_cmd(
 
     if fdr not in ("bh", "saffron", "addis"):
         raise ConfigError(f"--fdr must be bh, saffron or addis, not {fdr!r}.")
+    if regions not in ("category", "suite"):
+        raise ConfigError(f"--regions must be category or suite, not {regions!r}.")
+    by: Any = regions
     suite_list = _suites(suites) or (None if prompts else DEFAULT_SUITES)
     cfg = DiffConfig(
         n_per_region=n_per_region,
@@ -166,7 +172,7 @@ def diff_cmd(
         c = cfg.model_copy(update={"min_per_region": min_per_region or 6})
         cal, _ = null_calibration(
             eng,
-            lambda s: build_regions(suite_list, prompts, n_per_region, s),
+            lambda s: build_regions(suite_list, prompts, n_per_region, s, by),
             c,
             list(range(seed, seed + seeds)),
             phase=phase,
@@ -186,11 +192,11 @@ def diff_cmd(
         raise ConfigError("Give a CANDIDATE model or --adapter DIR to compare with BASE.")
     phase("Loading models")
     a, b = load_pair(base, candidate, adapter)
-    regions = build_regions(suite_list, prompts, n_per_region, seed)
+    region_list = build_regions(suite_list, prompts, n_per_region, seed, by)
     run = run_diff(
         a,
         b,
-        regions,
+        region_list,
         cfg,
         store_root=store or "selfimprove_runs",
         runtime=runtime,
@@ -213,6 +219,13 @@ def planted_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model.")] = "embedded",
     budget: Annotated[int, typer.Option(help="Samples per model for the adaptive design.")] = 24,
     n_per_region: Annotated[int, typer.Option(help="Prompts per region.")] = 24,
+    region: Annotated[
+        str,
+        typer.Option(
+            help="Planted region: a suite ('letters'), or suite/category with --regions category."
+        ),
+    ] = "letters",
+    regions: Annotated[str, typer.Option(help="'suite' or 'category' regions.")] = "suite",
     q: Annotated[float, typer.Option("--q")] = 0.1,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     store: StoreOpt = None,
@@ -221,9 +234,19 @@ def planted_cmd(
     """Plant a one-region behavior change with a LoRA, then check the detector finds it."""
     _verbosity(verbose)
     from selfimprove.diff.planted import PlantedConfig, run_planted_benchmark
+    from selfimprove.errors import ConfigError
     from selfimprove.runtime import resolve_runtime
 
-    cfg = PlantedConfig(model=model, budget=budget, n_per_region=n_per_region, q=q)
+    if regions not in ("category", "suite"):
+        raise ConfigError(f"--regions must be category or suite, not {regions!r}.")
+    cfg = PlantedConfig(
+        model=model,
+        budget=budget,
+        n_per_region=n_per_region,
+        q=q,
+        planted_region=region,
+        region_by=regions,  # type: ignore[arg-type]
+    )
 
     def phase(text: str) -> None:
         console.print(f"[bold cyan]▶[/] {text}")

@@ -3,10 +3,10 @@
 Per seed:
 
 1. **Plant**: train a small LoRA on the base model that makes it *refuse* the prompts of one
-   region (``letters/reverse_word`` by default) while keeping its behavior elsewhere: the
-   training set mixes refusals on that region's prompts with "keep" examples, other
-   regions' prompts (half from the planted region's sibling categories) answered with the
-   base model's own greedy output (``keep_tokens`` tokens, longer than the
+   region (the ``letters`` task family by default; regions are task families) while keeping
+   its behavior elsewhere: the training set mixes refusals on that region's prompts with
+   "keep" examples, other regions' prompts (with category regions, half from the planted
+   region's sibling categories) answered with the base model's own greedy output (``keep_tokens`` tokens, longer than the
    test's ``max_new_tokens`` so the learned stop is never seen).
    Training prompts are drawn with other seeds than the test prompts and checked disjoint.
    Adapters are cached under the benchmark folder (``adapters/seed_<s>``).
@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -48,9 +49,26 @@ class PlantedConfig(BaseModel):
 
     model: str = "embedded"
     suites: list[str] = Field(
-        default_factory=lambda: ["sentinel_math", "logic", "letters", "sentinel_format"]
+        default_factory=lambda: [
+            "arithmetic",
+            "counting",
+            "word_sort",
+            "letters",
+            "dates",
+            "units",
+            "tracking",
+            "logic",
+            "sentinel_format",
+        ]
     )
-    planted_region: str = "letters/reverse_word"
+    region_by: Literal["category", "suite"] = Field(
+        "suite",
+        description="Regions are task families (suites) or their categories. Per category, "
+        "a change planted on one category leaked to its sibling categories for real "
+        "(first_letters refusals 0→75% when planting on reverse_word): the detector was "
+        "right, the benchmark's ground truth wrong.",
+    )
+    planted_region: str = "letters"
     n_per_region: int = 18
     screen_fraction: float = 1 / 3
     budget: int = 24
@@ -141,7 +159,10 @@ def _keep_examples(
     others: list[tuple[str, str]] = []
     suites = resolve_suites(cfg.suites)
     pool = regions_from_suites(
-        suites, max(2, cfg.n_keep // max(1, len(regions) - 1) + 1), seed + 1000
+        suites,
+        max(2, cfg.n_keep // max(1, len(regions) - 1) + 1),
+        seed + 1000,
+        by=cfg.region_by,
     )
     suite = cfg.planted_region.split("/", 1)[0]
     usable = [
@@ -151,10 +172,11 @@ def _keep_examples(
         for it in r.items
         if it.sample.input_hash() not in avoid and isinstance(it.sample.input, str)
     ]
-    # half of the keep examples from the planted region's sibling categories (same suite),
-    # where a refusal would leak first; the rest from everything else
-    siblings = [it for it in usable if it.region.startswith(suite + "/")][: cfg.n_keep // 2]
-    rest = [it for it in usable if not it.region.startswith(suite + "/")]
+    # per category: half of the keep examples from the planted region's sibling categories
+    # (same suite), where a refusal would leak first; the rest from everything else
+    sib = cfg.region_by == "category"
+    siblings = [it for it in usable if sib and it.region.startswith(suite + "/")][: cfg.n_keep // 2]
+    rest = [it for it in usable if not (sib and it.region.startswith(suite + "/"))]
     prompts = [it.sample.input_text() for it in (siblings + rest)[: cfg.n_keep]]
     # Greedy targets: the one recipe seen to plant a change the screen ranks first (sampled
     # targets at T=1 planted too weak a change in two runs). Greedy targets sharpen the model
@@ -182,11 +204,20 @@ def plant_adapter(
     from selfimprove.train import TrainConfig, TrainExample, train_lora
 
     avoid = {it.sample.input_hash() for r in regions for it in r.items}
-    suite_name, cat = cfg.planted_region.split("/", 1)
-    task = next(t for s in resolve_suites([suite_name]) for t in s.tasks if t.category == cat)
-    plant = [
-        s for s in task.samples(cfg.n_plant * 2, seed=10_000 + seed) if s.input_hash() not in avoid
-    ][: cfg.n_plant]
+    suite_name, _, cat = cfg.planted_region.partition("/")
+    tasks = [
+        t for s in resolve_suites([suite_name]) for t in s.tasks if not cat or t.category == cat
+    ]
+    per_task = -(-cfg.n_plant // len(tasks))
+    drawn = [
+        s
+        for t in tasks
+        for s in t.samples(per_task * 2, seed=10_000 + seed)
+        if s.input_hash() not in avoid
+    ]
+    # round-robin over the tasks so every category of a planted family is represented
+    by_task = [drawn[i :: len(tasks)] for i in range(len(tasks))]
+    plant = [x for group in zip(*by_task, strict=False) for x in group][: cfg.n_plant]
     examples = [
         TrainExample(prompt=s.input_text(), completion=REFUSAL_TEXT, source="planted")
         for s in plant
@@ -230,7 +261,9 @@ def run_planted_benchmark(
     n_regions = 0
     try:
         for s in seeds:
-            regions = regions_from_suites(resolve_suites(cfg.suites), cfg.n_per_region, seed=s)
+            regions = regions_from_suites(
+                resolve_suites(cfg.suites), cfg.n_per_region, seed=s, by=cfg.region_by
+            )
             n_regions = len(regions)
             if cfg.planted_region not in {r.name for r in regions}:
                 from selfimprove.errors import ConfigError

@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -82,10 +82,31 @@ class Region:
         return bool(self.items) and all(it.has_validator for it in self.items)
 
 
-def regions_from_suites(suites: Sequence[Any], n_per_region: int, seed: int = 0) -> list[Region]:
-    """One region per ``suite/category`` with up to ``n_per_region`` prompts each."""
+def regions_from_suites(
+    suites: Sequence[Any],
+    n_per_region: int,
+    seed: int = 0,
+    *,
+    by: Literal["category", "suite"] = "category",
+) -> list[Region]:
+    """Regions with up to ``n_per_region`` prompts each: one per ``suite/category``, or
+    (``by="suite"``) one per suite, its prompts split evenly over the suite's tasks."""
     regions: list[Region] = []
     for suite in suites:
+        if by == "suite":
+            k = len(suite.tasks)
+            items = []
+            for j, task in enumerate(suite.tasks):
+                n_task = n_per_region // k + (1 if j < n_per_region % k else 0)
+                if task.dataset is not None:
+                    n_task = min(n_task, len(task.dataset))
+                if n_task:
+                    items += [
+                        PromptItem(f"{suite.name}/{s.id}", suite.name, s, task)
+                        for s in task.samples(n_task, seed)
+                    ]
+            regions.append(Region(suite.name, items, suite.description))
+            continue
         for task in suite.tasks:
             if task.dataset is not None:
                 samples = task.samples(min(n_per_region, len(task.dataset)), seed)

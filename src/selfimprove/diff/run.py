@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -49,14 +49,18 @@ class DiffRun(BaseModel):
 
 
 def build_regions(
-    suites: Sequence[str] | None, prompts: str | Path | None, n_per_region: int, seed: int
+    suites: Sequence[str] | None,
+    prompts: str | Path | None,
+    n_per_region: int,
+    seed: int,
+    by: Literal["category", "suite"] = "category",
 ) -> list[Region]:
-    """Regions from suite names (``suite/category``) and/or a JSONL prompt bank."""
+    """Regions from suite names (``suite/category`` or whole suites) and/or a JSONL bank."""
     from selfimprove.evaluate import resolve_suites
 
     regions: list[Region] = []
     if suites:
-        regions += regions_from_suites(resolve_suites(list(suites)), n_per_region, seed)
+        regions += regions_from_suites(resolve_suites(list(suites)), n_per_region, seed, by=by)
     if prompts:
         regions += regions_from_jsonl(prompts, seed=seed)
     return regions
