@@ -32,21 +32,8 @@ def test_real_model_null_flags_nothing(real_engine) -> None:
     assert not res.changed
 
 
-@pytest.mark.skip(
-    reason="not yet reliable: 2 runs of this small recipe planted too weak a change (planted "
-    "region ranked 4th of 8, no samples) and each run took ~20 min on the shared 2-core box; "
-    "see issue 5 report. Run `selfimprove bench planted` for the benchmark."
-)
 def test_real_model_planted_change_is_found(real_engine, tmp_path: Path) -> None:
-    cfg = PlantedConfig(
-        suites=["sentinel_math", "letters"],
-        n_per_region=18,
-        n_plant=32,
-        n_keep=16,
-        keep_tokens=16,
-        budget=24,
-        max_new_tokens=12,
-    )
+    cfg = PlantedConfig()  # the benchmark's defaults: refusals planted on the letters family
     bench = run_planted_benchmark(
         cfg,
         [0],
@@ -57,7 +44,7 @@ def test_real_model_planted_change_is_found(real_engine, tmp_path: Path) -> None
     row = bench.rows[0]
     assert row.found, row
     assert row.planted_rank == 1, row  # the KL screen points at the planted region
-    assert row.samples_per_model < row.uniform_samples_per_model
-    # Other flags are not asserted away: a LoRA can leak into sibling regions for real
-    # (seen: refusals on letters/first_letters), and then flagging them is correct.
-    assert row.false_regions <= 2, row.flagged
+    assert row.samples_per_model * 3 <= row.uniform_samples_per_model, row
+    # With category regions a plant leaked into sibling categories for real (first_letters
+    # refusals 0 -> 75%); family regions keep the ground truth clean, so no other flag.
+    assert row.false_regions == 0, row.flagged

@@ -58,6 +58,8 @@ class PlantedConfig(BaseModel):
             "units",
             "tracking",
             "logic",
+            "sentinel_math",
+            "sentinel_reasoning",
             "sentinel_format",
         ]
     )
