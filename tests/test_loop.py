@@ -65,6 +65,9 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     # each round is judged by the gate and explained
     for r in res.rounds:
         assert r.gate["reasons"] and isinstance(r.accepted, bool)
+        # the detector checked every candidate against its arm's model (reported, not gating)
+        assert r.diff["line"] in r.gate["reasons"] and "behavior diff" in r.diff["line"]
+        assert r.diff["samples_per_model"] >= 0
         assert r.train["n_examples"] == r.n_train
     assert (run_dir / "report.html").is_file()
     assert res.summary["targets"]

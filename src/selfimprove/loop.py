@@ -86,6 +86,14 @@ class LoopConfig(BaseModel):
         "training data in both arms, minus the round's target categories, so that behavior the "
         "round does not target stays in place. 0 turns it off.",
     )
+    behavior_diff: int = Field(
+        0,
+        ge=0,
+        description="Samples per model for a behavior-change check of every candidate against "
+        "its arm's current model on the sentinel suites (selfimprove.diff.detect_changes, one "
+        "region per suite, BH at q=0.1). Reported next to the gate's reasons, not part of its "
+        "decision. 0 turns it off; 24 costs about a minute per candidate on 2 CPU cores.",
+    )
     weight_policy: Literal["uniform", "confidence", "inverse"] = "uniform"
     seed: int = 0
     train: dict[str, Any] = Field(
@@ -108,6 +116,7 @@ class ArmRound(BaseModel):
     n_train: int = 0
     train: dict[str, Any] = Field(default_factory=dict)
     gate: dict[str, Any] = Field(default_factory=dict)
+    diff: dict[str, Any] = Field(default_factory=dict)
     accepted: bool = False
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -292,6 +301,45 @@ def _target_accuracy(
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+def _behavior_diff(
+    engine_a: Engine, engine_b: Engine, suites: Sequence[Any], lcfg: LoopConfig, hook: Any
+) -> dict[str, Any]:
+    """Where does the candidate behave differently from the arm's model? (sentinel families)"""
+    from selfimprove.diff import DiffConfig, detect_changes, regions_from_suites
+
+    regions = [
+        r
+        for r in regions_from_suites(suites, 16, seed=lcfg.seed + 7919, by="suite")
+        if r.items and all(getattr(it.task, "mode", "generate") != "nll" for it in r.items)
+    ]
+    res = detect_changes(
+        engine_a,
+        engine_b,
+        regions,
+        DiffConfig(n_per_region=16, budget=lcfg.behavior_diff, max_new_tokens=24, seed=lcfg.seed),
+        phase=lambda text: hook.phase("Behavior diff: " + text),
+    )
+    flagged = [
+        {
+            "region": r.region,
+            "q": r.q_value,
+            "stat": r.top_stat,
+            "label": r.label.text if r.label else "",
+        }
+        for r in res.flagged
+    ]
+    line = (
+        "info (not part of the decision): behavior diff vs the arm's model on "
+        f"{len(regions)} sentinel families, {res.cost.samples_per_model} samples/model: "
+        + (
+            ", ".join(f"{f['region']} changed ({f['stat']}, q={f['q']:.3g})" for f in flagged)
+            if flagged
+            else "no region changed at q=0.1"
+        )
+    )
+    return {"flagged": flagged, "line": line, "samples_per_model": res.cost.samples_per_model}
 
 
 def check_gate_power(
@@ -642,6 +690,15 @@ def run_loop(
                     )
                     ar.gate = decision.model_dump(mode="json")
                     ar.accepted = decision.accepted
+                    if lcfg.behavior_diff:
+                        ar.diff = _behavior_diff(
+                            engine_for(phases.state.current.get(arm)),
+                            engine_for(str(adapter_dir)),
+                            sentinels,
+                            lcfg,
+                            hook,
+                        )
+                        ar.gate["reasons"].append(ar.diff["line"])
                     if decision.accepted:
                         phases.state.current[arm] = str(adapter_dir)
                     phases.mark(f"{tag}/gate")
