@@ -6,7 +6,8 @@ Per seed:
    region (the ``letters`` task family by default; regions are task families) while keeping
    its behavior elsewhere: the training set mixes refusals on that region's prompts with
    "keep" examples, other regions' prompts (with category regions, half from the planted
-   region's sibling categories) answered with the base model's own greedy output (``keep_tokens`` tokens, longer than the
+   region's sibling categories) answered with the base model's own sampled output
+   (``keep_temperature``) (``keep_tokens`` tokens, longer than the
    test's ``max_new_tokens`` so the learned stop is never seen).
    Training prompts are drawn with other seeds than the test prompts and checked disjoint.
    Adapters are cached under the benchmark folder (``adapters/seed_<s>``).
@@ -79,6 +80,14 @@ class PlantedConfig(BaseModel):
     n_plant: int = 32
     n_keep: int = 48
     keep_tokens: int = 24
+    keep_temperature: float = Field(
+        1.0,
+        ge=0.0,
+        description="Temperature of the base model's keep replies. 1.0 = its own distribution "
+        "(the expected SFT gradient on own samples is zero, so keep examples anchor without "
+        "moving it); 0 = greedy, which sharpens the model on every keep region: with greedy "
+        "keep replies word_sort's log-prob shifted 0.46 nats/token and was flagged, for real.",
+    )
     epochs: int = 2
     learning_rate: float = 5e-4
     lora_r: int = 8
@@ -155,7 +164,7 @@ def uniform_design(
 def _keep_examples(
     engine: Engine, regions: Sequence[Region], cfg: PlantedConfig, seed: int, avoid: set[str]
 ) -> list[tuple[str, str]]:
-    """Other regions' prompts answered with the base model's greedy output (cached by caller)."""
+    """Other regions' prompts answered by the base model (sampled; cached by the caller)."""
     from selfimprove.evaluate import resolve_suites
 
     others: list[tuple[str, str]] = []
@@ -180,10 +189,12 @@ def _keep_examples(
     siblings = [it for it in usable if sib and it.region.startswith(suite + "/")][: cfg.n_keep // 2]
     rest = [it for it in usable if not (sib and it.region.startswith(suite + "/"))]
     prompts = [it.sample.input_text() for it in (siblings + rest)[: cfg.n_keep]]
-    # Greedy targets: the one recipe seen to plant a change the screen ranks first (sampled
-    # targets at T=1 planted too weak a change in two runs). Greedy targets sharpen the model
-    # elsewhere too, so sibling regions can change for real (see the report).
-    gens = engine.generate(prompts, max_new_tokens=cfg.keep_tokens, temperature=0.0)
+    gens = engine.generate(
+        prompts,
+        max_new_tokens=cfg.keep_tokens,
+        temperature=cfg.keep_temperature,
+        seed=seed,
+    )
     for p, g in zip(prompts, gens, strict=True):
         if g.text.strip():
             others.append((p, g.text))
