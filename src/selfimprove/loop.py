@@ -55,6 +55,7 @@ from selfimprove.synth import (
     templated_variations,
 )
 from selfimprove.synth.self_generated import normalize_text
+from selfimprove.synth.worked import training_completion
 from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,12 @@ class LoopConfig(BaseModel):
         "correctly by the base model (its own verified outputs), added to every round's "
         "training data in both arms, minus the round's target categories, so that behavior the "
         "round does not target stays in place. 0 turns it off.",
+    )
+    worked_solutions: bool = Field(
+        True,
+        description="Templated completions carry a short verified derivation before the "
+        "'Answer:' line (selfimprove.synth.worked) where the family has one; off: 'Answer: X' "
+        "only, which taught the model to drop its working and cost sentinel_math accuracy.",
     )
     behavior_diff: int = Field(
         0,
@@ -604,7 +611,13 @@ def run_loop(
                         prev_data
                         + self_rows
                         + [
-                            _train_row(su, s, t_.reference(s), "templated", rnd)
+                            _train_row(
+                                su,
+                                s,
+                                training_completion(t_, s, worked=lcfg.worked_solutions),
+                                "templated",
+                                rnd,
+                            )
                             for su, t_, s in gold
                         ]
                     )
