@@ -10,7 +10,7 @@ from selfimprove.tasks import get_suite
 WORKED_SUITES = ["arithmetic", "counting", "word_sort", "letters", "units", "tracking"]
 
 
-@pytest.mark.parametrize("suite", WORKED_SUITES + ["sentinel_math"])
+@pytest.mark.parametrize("suite", [*WORKED_SUITES, "sentinel_math"])
 def test_every_worked_completion_validates(suite: str) -> None:
     for task in get_suite(suite).tasks:
         for s in task.samples(40, seed=5):
