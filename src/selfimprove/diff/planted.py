@@ -286,7 +286,7 @@ def run_planted_benchmark(
                 )
             avoid = {it.sample.input_hash() for r in regions for it in r.items}
             if keep_cache is None:
-                say("Writing keep-behavior examples (base model, greedy)")
+                say(f"Writing keep-behavior examples (base model, T={cfg.keep_temperature:g})")
                 keep_cache = _keep_examples(ea, regions, cfg, 0, avoid)
             keep = [(p, c) for p, c in keep_cache if _hash(p) not in avoid]
             say(f"seed {s}: training the planted LoRA")
