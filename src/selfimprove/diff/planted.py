@@ -81,12 +81,20 @@ class PlantedConfig(BaseModel):
     n_keep: int = 48
     keep_tokens: int = 24
     keep_temperature: float = Field(
-        1.0,
+        0.0,
         ge=0.0,
         description="Temperature of the base model's keep replies. 1.0 = its own distribution "
-        "(the expected SFT gradient on own samples is zero, so keep examples anchor without "
-        "moving it); 0 = greedy, which sharpens the model on every keep region: with greedy "
-        "keep replies word_sort's log-prob shifted 0.46 nats/token and was flagged, for real.",
+        "(in expectation a no-op, but measured over 3 seeds it anchored too weakly: the plant "
+        "reached only 25-50% refusals, leaked refusals into word_sort/arithmetic, and was "
+        "found in 1 of 3 seeds); 0 = greedy (default; found 5/5), which sharpens the model "
+        "on keep regions: word_sort's log-prob shifted ~0.4 nats/token in 3 of 5 seeds.",
+    )
+    verify_n: int = Field(
+        24,
+        ge=0,
+        description="Samples per model to re-test every other flagged region on fresh "
+        "prompts (a new seed): a flag that replicates is a real leak of the planting, one "
+        "that does not counts as a false discovery. 0 counts every other flag as false.",
     )
     epochs: int = 2
     learning_rate: float = 5e-4
@@ -101,6 +109,10 @@ class PlantedRow(BaseModel):
     found: bool
     false_regions: int
     flagged: list[str]
+    leaks: list[str] = Field(
+        default_factory=list,
+        description="Other flagged regions whose change replicated on fresh prompts.",
+    )
     planted_rank: int
     planted_stat: str
     samples_per_model: int
@@ -310,6 +322,8 @@ def run_planted_benchmark(
             res = detect_changes(ea, eb, regions, dcfg, phase=say)
             store.write_json(info.id, f"diff_seed_{s}.json", res.model_dump(mode="json"))
             flagged = [r.region for r in res.flagged]
+            others = [f for f in flagged if f != cfg.planted_region]
+            leaks = _replicated(ea, eb, others, cfg, s, say) if others and cfg.verify_n else []
             planted = next(r for r in res.regions if r.region == cfg.planted_region)
             uni, p_adapt = uniform_design(res, cfg.planted_region, cfg.power_cap)
             spent = res.cost.samples_per_model
@@ -317,8 +331,9 @@ def run_planted_benchmark(
                 PlantedRow(
                     seed=s,
                     found=cfg.planted_region in flagged,
-                    false_regions=sum(1 for f in flagged if f != cfg.planted_region),
+                    false_regions=len(others) - len(leaks),
                     flagged=flagged,
+                    leaks=leaks,
                     planted_rank=planted.screen_rank,
                     planted_stat=planted.top_stat,
                     samples_per_model=spent,
@@ -336,8 +351,10 @@ def run_planted_benchmark(
             del cand, eb
         found = sum(r.found for r in rows)
         false = sum(r.false_regions for r in rows)
+        n_leaks = sum(len(r.leaks) for r in rows)
         summary = (
-            f"planted region found in {found}/{len(rows)} seeds; {false} false region(s) in total; "
+            f"planted region found in {found}/{len(rows)} seeds; {false} false region(s) in total "
+            f"(+{n_leaks} other flag(s) replicated on fresh prompts: real leaks of the planting); "
             f"median samples per model {sorted(r.samples_per_model for r in rows)[len(rows) // 2]} vs "
             f"uniform {sorted(r.uniform_samples_per_model for r in rows)[len(rows) // 2]}; "
             f"max detection wall time {max(r.seconds for r in rows):.0f}s"
@@ -357,6 +374,38 @@ def run_planted_benchmark(
         summary=summary,
         run_dir=run_dir,
     )
+
+
+def _replicated(
+    ea: Engine,
+    eb: Engine,
+    names: Sequence[str],
+    cfg: PlantedConfig,
+    seed: int,
+    say: Callable[[str], None],
+) -> list[str]:
+    """Which of ``names`` are flagged again on fresh prompts with forced sampling."""
+    from selfimprove.evaluate import resolve_suites
+
+    fresh = [
+        r
+        for r in regions_from_suites(
+            resolve_suites(cfg.suites), 2 * cfg.verify_n, seed=50_000 + seed, by=cfg.region_by
+        )
+        if r.name in names
+    ]
+    say(f"seed {seed}: re-testing {len(fresh)} other flagged region(s) on fresh prompts")
+    vcfg = DiffConfig(
+        n_per_region=2 * cfg.verify_n,
+        screen_fraction=0.5,
+        budget=0,
+        min_per_region=cfg.verify_n,
+        max_new_tokens=cfg.max_new_tokens,
+        q=cfg.q,
+        seed=50_000 + seed,
+    )
+    res = detect_changes(ea, eb, fresh, vcfg)
+    return [r.region for r in res.flagged]
 
 
 def _copy_loaded(m: LoadedModel) -> LoadedModel:
