@@ -238,6 +238,6 @@ def test_loop_refuses_a_gate_that_cannot_accept():
     with pytest.raises(ConfigError, match="needs at least 52"):
         check_gate_power(plan, names, GateConfig(sentinel_margin=0.05))  # pooled: 48 < 52
     power = check_gate_power(plan, names, GateConfig())  # pooled 48 at margin 0.10
-    assert set(power) == {"pooled binary sentinels @ 10% discordant",
-                          "pooled binary sentinels @ 20% discordant"}  # fmt: skip
-    assert 0.5 < power["pooled binary sentinels @ 10% discordant"] <= 1.0
+    assert set(power) == {"pooled: math+fmt @ 10% discordant",
+                          "pooled: math+fmt @ 20% discordant"}  # fmt: skip
+    assert 0.5 < power["pooled: math+fmt @ 10% discordant"] <= 1.0

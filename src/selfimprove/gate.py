@@ -546,6 +546,41 @@ def noninferiority_binary_power(
     return min(1.0, power)
 
 
+def _binary_families(n_by_suite: Mapping[str, int], config: GateConfig) -> dict[str, int]:
+    """The binary non-inferiority tests the gate runs: per suite, or one pooled test."""
+    if config.sentinel_mode == "per_suite" or len(n_by_suite) <= 1:
+        return dict(n_by_suite)
+    return {"pooled: " + "+".join(n_by_suite): sum(n_by_suite.values())}
+
+
+def gate_power(
+    n_by_suite: Mapping[str, int], config: GateConfig, discordance: Sequence[float] = (0.1, 0.2)
+) -> dict[str, float]:
+    """Exact power of each binary sentinel test when nothing truly changes.
+
+    ``n_by_suite``: binary sentinel items per suite. Returns ``{"<test> @ <ψ> discordant":
+    power}``. Raises ``ValueError`` when a test has fewer items than
+    :func:`min_noninferiority_n`: that gate rejects every round whatever the model does.
+    """
+    tests = _binary_families(n_by_suite, config)
+    need = min_noninferiority_n(config.sentinel_margin, config.alpha)
+    short = {k: n for k, n in tests.items() if n < need}
+    if short:
+        raise ValueError(
+            "The gate can never accept a round: "
+            + ", ".join(f"{k} has {n} items" for k, n in short.items())
+            + f", but non-inferiority at margin {config.sentinel_margin:g} and alpha "
+            f"{config.alpha:g} needs at least {need} even when no answer changes."
+        )
+    return {
+        f"{k} @ {psi:.0%} discordant": noninferiority_binary_power(
+            n, config.sentinel_margin, alpha=config.alpha, discordance=psi
+        )
+        for k, n in tests.items()
+        for psi in discordance
+    }
+
+
 def noninferiority_mean(
     before: Sequence[float],
     after: Sequence[float],
@@ -743,13 +778,13 @@ def _sentinels(
             binary_by_suite[suite] = binary
         if nll:
             out.append(_nll_sentinel(suite, nll, config))
-    if config.sentinel_mode == "per_suite" or len(binary_by_suite) <= 1:
+    families = _binary_families({k: len(v) for k, v in binary_by_suite.items()}, config)
+    if len(families) == len(binary_by_suite):  # one test per suite
         binary_results = [_binary_noninferiority(s, r, config) for s, r in binary_by_suite.items()]
     else:
+        (name,) = families
         pooled = [p for rows in binary_by_suite.values() for p in rows]
-        binary_results = [
-            _binary_noninferiority("pooled: " + "+".join(binary_by_suite), pooled, config)
-        ]
+        binary_results = [_binary_noninferiority(name, pooled, config)]
         for suite, rows in binary_by_suite.items():
             h = mcnemar_exact(
                 [_outcome(rb, config.metric) for rb, _ in rows],

@@ -352,48 +352,30 @@ def _behavior_diff(
 def check_gate_power(
     plan: Sequence[tuple[Any, Any, Sequence[Any]]], sentinel_names: Sequence[str], gate_cfg: Any
 ) -> dict[str, float]:
-    """Refuse a gate that could not accept a round even if nothing changed; log its power.
+    """Count the binary sentinel items of the plan and ask :func:`selfimprove.gate.gate_power`.
 
-    Counts the binary (non-NLL) sentinel items each non-inferiority test will see and asks
-    :func:`selfimprove.gate.min_noninferiority_n`; the exact power at 10% and 20%
-    discordant items and no true change (:func:`selfimprove.gate.noninferiority_binary_power`)
-    is logged and returned. Raises :class:`ConfigError` naming the fix.
+    Raises :class:`ConfigError` (naming the fix) for a gate that could not accept a round
+    even if no answer changed; logs and returns the power otherwise.
     """
     from selfimprove.errors import ConfigError
-    from selfimprove.gate import min_noninferiority_n, noninferiority_binary_power
+    from selfimprove.gate import gate_power
 
     n_by_suite: dict[str, int] = defaultdict(int)
     for suite, task, xs in plan:
         if suite.name in sentinel_names and getattr(task, "mode", "generate") != "nll":
             n_by_suite[suite.name] += len(xs)
-    if not n_by_suite:
-        return {}
-    tests = (
-        dict(n_by_suite)
-        if gate_cfg.sentinel_mode == "per_suite" or len(n_by_suite) == 1
-        else {"pooled binary sentinels": sum(n_by_suite.values())}
-    )
-    need = min_noninferiority_n(gate_cfg.sentinel_margin, gate_cfg.alpha)
-    short = {k: n for k, n in tests.items() if n < need}
-    if short:
+    try:
+        power = gate_power(dict(n_by_suite), gate_cfg)
+    except ValueError as e:
         raise ConfigError(
-            "The gate can never accept a round: "
-            + ", ".join(f"{k} has {n} items" for k, n in short.items())
-            + f", but non-inferiority at margin {gate_cfg.sentinel_margin:g} and alpha "
-            f"{gate_cfg.alpha:g} needs at least {need} even when no answer changes. "
-            "Raise loop.sentinel_n, raise loop.gate.sentinel_margin, or use "
+            f"{e} Raise loop.sentinel_n, raise loop.gate.sentinel_margin, or use "
             "loop.gate.sentinel_mode: pooled."
+        ) from None
+    if power:
+        log.info(
+            "gate power (no true change): %s",
+            ", ".join(f"{k}: {v:.2f}" for k, v in power.items()),
         )
-    power: dict[str, float] = {}
-    for k, n in tests.items():
-        for psi in (0.1, 0.2):
-            power[f"{k} @ {psi:.0%} discordant"] = noninferiority_binary_power(
-                n, gate_cfg.sentinel_margin, alpha=gate_cfg.alpha, discordance=psi
-            )
-    log.info(
-        "gate power (no true change): %s",
-        ", ".join(f"{k}: {v:.2f}" for k, v in power.items()),
-    )
     return power
 
 
