@@ -323,7 +323,11 @@ def run_planted_benchmark(
             store.write_json(info.id, f"diff_seed_{s}.json", res.model_dump(mode="json"))
             flagged = [r.region for r in res.flagged]
             others = [f for f in flagged if f != cfg.planted_region]
-            leaks = _replicated(ea, eb, others, cfg, s, say) if others and cfg.verify_n else []
+            leaks: list[str] = []
+            if others and cfg.verify_n:
+                ver = _replicated(ea, eb, others, cfg, s, say)
+                store.write_json(info.id, f"diff_verify_seed_{s}.json", ver.model_dump(mode="json"))
+                leaks = [r.region for r in ver.flagged]
             planted = next(r for r in res.regions if r.region == cfg.planted_region)
             uni, p_adapt = uniform_design(res, cfg.planted_region, cfg.power_cap)
             spent = res.cost.samples_per_model
@@ -383,8 +387,8 @@ def _replicated(
     cfg: PlantedConfig,
     seed: int,
     say: Callable[[str], None],
-) -> list[str]:
-    """Which of ``names`` are flagged again on fresh prompts with forced sampling."""
+) -> DiffResult:
+    """Re-test ``names`` on fresh prompts with forced sampling (flagged again = replicated)."""
     from selfimprove.evaluate import resolve_suites
 
     fresh = [
@@ -404,8 +408,7 @@ def _replicated(
         q=cfg.q,
         seed=50_000 + seed,
     )
-    res = detect_changes(ea, eb, fresh, vcfg)
-    return [r.region for r in res.flagged]
+    return detect_changes(ea, eb, fresh, vcfg)
 
 
 def _copy_loaded(m: LoadedModel) -> LoadedModel:
