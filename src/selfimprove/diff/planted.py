@@ -402,7 +402,7 @@ def _replicated(
     vcfg = DiffConfig(
         n_per_region=2 * cfg.verify_n,
         screen_fraction=0.5,
-        budget=0,
+        budget=cfg.verify_n * len(fresh),  # min_per_region is paid out of the budget
         min_per_region=cfg.verify_n,
         max_new_tokens=cfg.max_new_tokens,
         q=cfg.q,
