@@ -45,6 +45,6 @@ def test_real_model_planted_change_is_found(real_engine, tmp_path: Path) -> None
     assert row.found, row
     assert row.planted_rank == 1, row  # the KL screen points at the planted region
     assert row.samples_per_model * 3 <= row.uniform_samples_per_model, row
-    # With category regions a plant leaked into sibling categories for real (first_letters
-    # refusals 0 -> 75%); family regions keep the ground truth clean, so no other flag.
-    assert row.false_regions == 0, row.flagged
+    # The plant leaks (word_sort and arithmetic refusals were measured on fresh prompts), so
+    # other flags are re-tested on fresh prompts; at most one may fail to replicate.
+    assert row.false_regions <= 1, (row.flagged, row.leaks)
