@@ -199,26 +199,43 @@ def lora_band_knockout(
         raise ValueError("the model carries no LoRA adapter")
     groups = {"target": list(target), "control": list(control)}
     full = {g: losses(model, xs, pad_id, batch_size=batch_size) for g, xs in groups.items() if xs}
+    fam = _knockout_family(
+        model, groups, full, total, layer_bands(list(by_layer), n_bands), pad_id,
+        alpha=alpha, seed=seed, batch_size=batch_size, family="lora-band-knockout",
+    )  # fmt: skip
+    return [BandRow(ls[0], ls[-1], g, share, t) for ls, g, t, share in fam]
+
+
+def _knockout_family(
+    model: Any,
+    groups: dict[str, list[InterpItem]],
+    full: dict[str, np.ndarray],
+    total: dict[str, EffectTest],
+    layer_sets: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    alpha: float,
+    seed: int,
+    batch_size: int,
+    family: str,
+) -> list[tuple[list[int], str, EffectTest, float | None]]:
+    """Knock out each layer set; paired NLL change vs the full adapter per group; BH."""
     raw: list[tuple[list[int], str, EffectTest]] = []
-    for band in layer_bands(list(by_layer), n_bands):
+    for ls in layer_sets:
+        label = f"L{ls[0]}" if len(ls) == 1 else f"L{ls[0]}-{ls[-1]}"
         for g, xs in groups.items():
             if not xs:
                 continue
             ko = losses(
-                model,
-                xs,
-                pad_id,
-                batch_size=batch_size,
-                context=partial(lora_knockout, model, band),
+                model, xs, pad_id, batch_size=batch_size, context=partial(lora_knockout, model, ls)
             )
-            name = f"knockout L{band[0]}-{band[-1]} ({g})"
-            raw.append((band, g, paired_effect(ko - full[g], name=name, seed=seed)))
-    tests = bh([r[2] for r in raw], alpha=alpha, family="lora-band-knockout")
+            name = f"knockout {label} ({g})"
+            raw.append((list(ls), g, paired_effect(ko - full[g], name=name, seed=seed)))
+    tests = bh([r[2] for r in raw], alpha=alpha, family=family)
     out = []
-    for (band, g, _), t in zip(raw, tests, strict=True):
+    for (ls, g, _), t in zip(raw, tests, strict=True):
         tot = total[g].mean if g in total else 0.0
-        share = t.mean / tot if tot and abs(tot) > 1e-12 else None
-        out.append(BandRow(band[0], band[-1], g, share, t))
+        out.append((ls, g, t, t.mean / tot if tot and abs(tot) > 1e-12 else None))
     return out
 
 
@@ -247,28 +264,11 @@ def lora_layer_knockout(
         with model.disable_adapter():
             base = losses(model, xs, pad_id, batch_size=batch_size)
         total[g] = paired_effect(base - full[g], name=f"adapter off ({g})", seed=seed)
-    raw: list[tuple[int, str, EffectTest]] = []
-    for ly in sel:
-        for g, xs in groups.items():
-            if not xs:
-                continue
-            ko = losses(
-                model,
-                xs,
-                pad_id,
-                batch_size=batch_size,
-                context=partial(lora_knockout, model, [ly]),
-            )
-            raw.append(
-                (ly, g, paired_effect(ko - full[g], name=f"knockout L{ly} ({g})", seed=seed))
-            )
-    tests = bh([r[2] for r in raw], alpha=alpha, family="lora-knockout")
-    rows = []
-    for (ly, g, _), t in zip(raw, tests, strict=True):
-        tot = total[g].mean
-        share = t.mean / tot if tot and abs(tot) > 1e-12 else None
-        rows.append(KnockoutRow(ly, g, share, t))
-    return rows, total
+    fam = _knockout_family(
+        model, groups, full, total, [[ly] for ly in sel], pad_id,
+        alpha=alpha, seed=seed, batch_size=batch_size, family="lora-knockout",
+    )  # fmt: skip
+    return [KnockoutRow(ls[0], g, share, t) for ls, g, t, share in fam], total
 
 
 def analyze_lora(
