@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from selfimprove.config import DEFAULT_SUITES
 from selfimprove.diff.detect import DiffConfig, DiffResult, RegionResult, detect_changes
 from selfimprove.diff.regions import Region, regions_from_suites
 from selfimprove.diff.stats import BINARY_STATS, mcnemar_power, pairs_for_power
@@ -51,14 +52,7 @@ class PlantedConfig(BaseModel):
     model: str = "embedded"
     suites: list[str] = Field(
         default_factory=lambda: [
-            "arithmetic",
-            "counting",
-            "word_sort",
-            "letters",
-            "dates",
-            "units",
-            "tracking",
-            "logic",
+            *DEFAULT_SUITES,
             "sentinel_math",
             "sentinel_reasoning",
             "sentinel_format",
