@@ -222,8 +222,9 @@ def test_weight_column_survives_remove_unused_columns(loaded, engine, fp32_runti
     assert args.remove_unused_columns  # the default, kept: the weight column must survive it
     trainer = make_trainer(_lora(loaded), ds, args, engine.pad_id)
     batch = next(iter(trainer.get_train_dataloader()))
-    assert set(batch) == {"input_ids", "labels", "attention_mask", "weight"}
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "weight", "anchor"}
     assert batch["weight"].tolist() == [2.5] * 4
+    assert batch["anchor"].tolist() == [False] * 4
 
 
 # ---------------------------------------------------------------------------- equivalence
@@ -254,6 +255,101 @@ def test_unit_weights_match_builtin_loss_and_grads(loaded, engine, fp32_runtime,
     assert grad_diff <= TOL
     # Without num_items_in_batch (evaluation path) it normalises by the batch alone: same value.
     assert abs(trainer.compute_loss(model, batch).item() - builtin.item()) <= TOL
+
+
+def test_anchor_rows_cost_kl_to_the_adapter_off_model(loaded, engine, fp32_runtime, tmp_path):
+    """Anchor rows: Σ_t KL(p_base ‖ p_model) over completion tokens, from an independent
+    computation (adapter switched off by hand); other rows keep their NLL; one normaliser."""
+    anchors = (False, True, False, True)
+    weights = (1.0, 2.0, 0.5, 1.0)
+    ex = [
+        e.model_copy(update={"anchor": a, "weight": w})
+        for e, a, w in zip(EXAMPLES, anchors, weights, strict=True)
+    ]
+    ds = _dataset(loaded, engine, ex)
+    batch = WeightedCollator(engine.pad_id)([ds[i] for i in range(len(ds))])
+    assert batch["anchor"].tolist() == list(anchors)
+    model = _lora(loaded)  # random A and B: the adapter changes the outputs
+    trainer = make_trainer(
+        model, ds, make_training_args(_sgd_cfg(4, 1), tmp_path, runtime=fp32_runtime), engine.pad_id
+    )
+    n = count_label_tokens(batch["labels"])
+    ours = trainer.compute_loss(model, batch, num_items_in_batch=n)
+
+    ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+        with model.disable_adapter():
+            lq = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+    total = 0.0
+    for r in range(len(ex)):
+        for t in range(ids.shape[1] - 1):
+            y = int(labels[r, t + 1])
+            if y == -100:
+                continue
+            if anchors[r]:
+                q = lq[r, t].exp()
+                term = float((q * (lq[r, t] - lp[r, t])).sum())
+                assert term > 0  # a real divergence: the adapter is not a no-op here
+            else:
+                term = -float(lp[r, t, y])
+            total += weights[r] * term
+    expected = total / int(n)
+    print(f"\nanchored loss {ours.item():.6f} vs by hand {expected:.6f}")
+    assert abs(ours.item() - expected) <= 1e-5
+    # the anchor gradient flows into the adapter only through the adapted model
+    grads = torch.autograd.grad(ours, [p for p in model.parameters() if p.requires_grad])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_anchor_is_zero_for_an_identity_adapter(loaded, engine, fp32_runtime, tmp_path) -> None:
+    ex = [e.model_copy(update={"anchor": True}) for e in EXAMPLES]
+    ds = _dataset(loaded, engine, ex)
+    batch = WeightedCollator(engine.pad_id)([ds[i] for i in range(len(ds))])
+    set_seed(0)
+    model = wrap_lora(copy.deepcopy(loaded.model), TrainConfig(lora_r=4))  # B = 0: identity
+    trainer = make_trainer(
+        model, ds, make_training_args(_sgd_cfg(4, 1), tmp_path, runtime=fp32_runtime), engine.pad_id
+    )
+    loss = trainer.compute_loss(
+        model, batch, num_items_in_batch=count_label_tokens(batch["labels"])
+    )
+    assert abs(loss.item()) < 1e-6
+
+
+def test_anchors_keep_the_base_behavior_where_plain_training_moves_it(
+    loaded, fp32_runtime, tmp_path
+) -> None:
+    """Train the same supervised example with and without anchor examples on other prompts:
+    the anchored adapter's teacher-forced KL to the base on held-out look-alike prompts is
+    smaller, and the supervised example is still learned."""
+    base_eng = Engine(loaded, runtime=fp32_runtime)
+    target = [TrainExample(prompt=f"What is {a} plus 5?", completion="No.") for a in range(6)]
+    keep_prompts = [f"What is {a} times 3?" for a in range(8)]
+    held_out = [f"What is {a} times 4?" for a in range(5)]
+    keep_text = [g.text or "." for g in base_eng.generate(keep_prompts, max_new_tokens=6)]
+    anchors = [
+        TrainExample(prompt=p, completion=c, anchor=True)
+        for p, c in zip(keep_prompts, keep_text, strict=True)
+    ]
+    base_nll = base_eng.continuation_nll([target[0].prompt], ["No."])[0].mean
+    cfg = TrainConfig(epochs=8, batch_size=7, learning_rate=1e-2, lora_r=4, seed=3)
+    kls = {}
+    for name, ex in {"plain": target, "anchored": target + anchors}.items():
+        res = train_lora(loaded, ex, cfg, tmp_path / name, runtime=fp32_runtime)
+        assert res.n_anchor == (len(anchors) if name == "anchored" else 0)
+        tuned = Engine(
+            load_model("tiny-llama", n_layers=2, seed=0, adapter=tmp_path / name),
+            runtime=fp32_runtime,
+        )
+        kl = base_eng.continuation_kl(tuned, held_out, ["No."] * len(held_out), k=3)
+        kls[name] = sum(sum(d["kl_ab"]) for d in kl) / len(kl)
+        nll = tuned.continuation_nll([target[0].prompt], ["No."])[0].mean
+        assert nll < 0.25 * base_nll, (name, nll)  # the supervised example is learned either way
+    print(f"\nheld-out KL to base: plain {kls['plain']:.3f}, anchored {kls['anchored']:.3f}")
+    # measured: plain 4.88, anchored 2.81 nats (a 2-layer random model has little room to
+    # tell "plus" from "times"); the supervised NLL fell 6.5 -> 0.63 / 1.09
+    assert kls["anchored"] < 0.75 * kls["plain"]
 
 
 @pytest.mark.parametrize("weights", [None, (2.0, 0.5, 1.0, 1.5)], ids=["w=1", "w=mixed"])

@@ -100,6 +100,13 @@ class TrainExample(BaseModel):
     weight: float = Field(1.0, ge=0.0, description="Example weight (0 mutes the example).")
     source: str = Field("", description="Where the example came from (provenance).")
     id: str = Field("", description="Stable id, used in error messages.")
+    anchor: bool = Field(
+        False,
+        description="Anchor example: its loss is the teacher-forced KL(base || model) over the "
+        "completion tokens (the frozen base model = the adapter switched off) instead of the "
+        "NLL of the completion. It pins the base model's whole next-token distribution on "
+        "this text, not only its top token; use it for behavior that must not move.",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -165,6 +172,7 @@ class TrainResult(BaseModel):
 
     adapter_dir: Path
     n_examples: int = Field(description="Examples trained on (after dropping over-long ones).")
+    n_anchor: int = Field(0, description="Of which anchor (KL-to-base) examples.")
     n_dropped: int = Field(0, description="Examples dropped: completion longer than max_length.")
     n_tokens: int = Field(description="Completion (label) tokens per epoch, EOS included.")
     losses: list[float] = Field(description="Training loss at each logging step.")
@@ -182,7 +190,7 @@ class TrainResult(BaseModel):
 class TokenizedDataset:
     """Tokenized examples (``input_ids``, ``labels``, ``weight`` per row) for the Trainer."""
 
-    column_names = ("input_ids", "labels", "weight")
+    column_names = ("input_ids", "labels", "weight", "anchor")
 
     def __init__(self, rows: list[dict[str, Any]], n_dropped: int = 0) -> None:
         self.rows = rows
@@ -253,6 +261,7 @@ def build_dataset(
                 "input_ids": p_ids + c_ids,
                 "labels": [IGNORE_INDEX] * len(p_ids) + c_ids,
                 "weight": float(ex.weight),
+                "anchor": bool(ex.anchor),
             }
         )
     if dropped:
@@ -271,7 +280,8 @@ class WeightedCollator:
     """Right-pads ``input_ids`` (pad id), ``labels`` (-100) and builds ``attention_mask``.
 
     Returns tensors ``input_ids``/``labels``/``attention_mask`` of shape ``(B, T)`` and
-    ``weight`` of shape ``(B,)`` (float32). Right padding needs no position ids: real tokens
+    ``weight`` of shape ``(B,)`` (float32) and ``anchor`` of shape ``(B,)`` (bool, see
+    :attr:`TrainExample.anchor`). Right padding needs no position ids: real tokens
     keep positions ``0..len-1``. Rows with weight 0 get all labels ``-100``, so a muted
     example does not count in the normaliser ``N`` either: weight 0 is exactly the same as
     leaving the example out.
@@ -293,7 +303,14 @@ class WeightedCollator:
                 labels[r, :k] = torch.as_tensor(f["labels"], dtype=torch.long)
             attn[r, :k] = 1
         weights = torch.tensor([float(f.get("weight", 1.0)) for f in features])  # (B,)
-        return {"input_ids": ids, "labels": labels, "attention_mask": attn, "weight": weights}
+        anchor = torch.tensor([bool(f.get("anchor", False)) for f in features])  # (B,)
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": attn,
+            "weight": weights,
+            "anchor": anchor,
+        }
 
 
 # ---------------------------------------------------------------------------- loss
@@ -307,14 +324,22 @@ def weighted_causal_lm_loss(
     labels: torch.Tensor,
     weights: torch.Tensor | None,
     num_items: torch.Tensor | int | float,
+    anchor: torch.Tensor | None = None,
+    ref_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``Σ_i w_i Σ_t m_it · nll_it / num_items`` for a causal LM (logits at t predict t+1).
+    """``Σ_i w_i Σ_t m_it · ℓ_it / num_items`` for a causal LM (logits at t predict t+1).
+
+    ``ℓ_it`` is the NLL of the label, or for anchor rows the KL divergence
+    ``KL(p_ref ‖ p_model)`` of the next-token distributions at that position, so an anchor
+    token costs the same normaliser slot as a supervised one.
 
     Args:
         logits: ``(B, T, V)``; upcast to float32 (as the built-in loss does).
         labels: ``(B, T)`` with ``-100`` where there is no target.
         weights: ``(B,)`` per-example weights, or ``None`` for all 1.
         num_items: the normaliser ``N`` (label tokens over the whole optimizer step).
+        anchor: ``(B,)`` bool, rows whose loss is the KL to ``ref_logits``; ``None`` = none.
+        ref_logits: ``(b, T, V)`` reference logits of the anchor rows only (in row order).
     """
     shift_logits = logits[:, :-1, :].float()  # (B, T-1, V)
     shift_labels = labels[:, 1:].to(shift_logits.device)  # (B, T-1)
@@ -325,6 +350,15 @@ def weighted_causal_lm_loss(
         reduction="none",
     ).view(shift_labels.shape)  # (B, T-1), 0 where ignored
     per_example = nll.sum(dim=1)  # (B,)
+    if anchor is not None and bool(anchor.any()):
+        if ref_logits is None:
+            raise ValueError("anchor rows need ref_logits")
+        rows = anchor.to(per_example.device).nonzero().squeeze(1)  # (b,)
+        log_p = F.log_softmax(shift_logits[rows], dim=-1)  # (b, T-1, V)
+        log_q = F.log_softmax(ref_logits[:, :-1, :].float().to(log_p.device), dim=-1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # (b, T-1)
+        kl = (kl * (shift_labels[rows] != IGNORE_INDEX)).sum(dim=1)  # (b,)
+        per_example = per_example.index_put((rows,), kl)
     if weights is not None:
         per_example = per_example * weights.to(per_example.device, per_example.dtype)
     if isinstance(num_items, torch.Tensor):
@@ -344,8 +378,9 @@ class WeightedTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         columns = self._signature_columns
-        if columns is not None and "weight" not in columns:
-            columns.append("weight")
+        for extra in ("weight", "anchor"):
+            if columns is not None and extra not in columns:
+                columns.append(extra)
 
     def get_batch_samples(
         self, epoch_iterator: Any, num_batches: int, device: Any
@@ -378,7 +413,18 @@ class WeightedTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         weights = inputs.pop("weight", None)
+        anchor = inputs.pop("anchor", None)
         outputs = model(**inputs)  # no labels: skip the built-in loss
+        ref_logits = None
+        if anchor is not None and bool(anchor.any()):
+            # the reference = the same network with the adapter switched off (frozen base)
+            peft_model = self.accelerator.unwrap_model(model)
+            rows = anchor.nonzero().squeeze(1)
+            with torch.no_grad(), peft_model.disable_adapter():
+                ref_logits = peft_model(
+                    input_ids=inputs["input_ids"][rows],
+                    attention_mask=inputs["attention_mask"][rows],
+                ).logits
         if num_items_in_batch is None:
             # Evaluation or a direct call: normalise by this batch alone.
             n = count_label_tokens(labels).clamp(min=1)
@@ -387,7 +433,7 @@ class WeightedTrainer(Trainer):
             n = num_items_in_batch
             # DDP averages gradients over processes while N is global: undo the average.
             scale = self.accelerator.num_processes
-        loss = weighted_causal_lm_loss(outputs.logits, labels, weights, n)
+        loss = weighted_causal_lm_loss(outputs.logits, labels, weights, n, anchor, ref_logits)
         if scale != 1:
             loss = loss * scale
         return (loss, outputs) if return_outputs else loss
@@ -643,6 +689,7 @@ def train_lora(
         result = TrainResult(
             adapter_dir=out_dir,
             n_examples=len(dataset),
+            n_anchor=sum(bool(r["anchor"]) for r in dataset.rows),
             n_dropped=dataset.n_dropped,
             n_tokens=dataset.n_label_tokens,
             losses=losses,
