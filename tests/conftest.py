@@ -47,6 +47,7 @@ _SMALL_LOOP = {
         # 4 items can show non-inferiority only at a margin >= 0.41 (the loop refuses less)
         "gate": {"sentinel_margin": 0.5},
         "behavior_diff": 8,
+        "anchor_text": 3,
         "weakness": {"metric": "extracted", "error_threshold": 0.0, "top_k": 2, "min_items": 1},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 128},
         "self_data": {"star_k": 2, "max_new_tokens": 8},

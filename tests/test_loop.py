@@ -68,7 +68,10 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
         # the detector checked every candidate against its arm's model (reported, not gating)
         assert r.diff["line"] in r.gate["reasons"] and "behavior diff" in r.diff["line"]
         assert r.diff["samples_per_model"] >= 0
-        assert r.train["n_examples"] == r.n_train
+        # + 3 general-text anchors (KL to the base), in both arms
+        assert r.train["n_anchor_text"] == 3
+        assert r.train["n_examples"] + r.train["n_dropped"] == r.n_train + 3
+        assert r.train["n_anchor"] == r.train["n_examples"] - r.n_train
     assert (run_dir / "report.html").is_file()
     assert res.summary["targets"]
     info = RunStore(store).get_run(res.run_id)
@@ -216,7 +219,8 @@ def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small
     assert expected > 0
     for ar in res.rounds:
         assert ar.train["n_replay"] == expected
-        assert ar.train["n_examples"] + ar.train["n_dropped"] == ar.n_train + expected
+        assert ar.train["n_examples"] + ar.train["n_dropped"] == ar.n_train + expected + 3
+        assert ar.train["n_anchor"] == expected + 3  # replay is KL-anchored by default
 
 
 def test_loop_refuses_a_gate_that_cannot_accept():

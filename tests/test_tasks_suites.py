@@ -147,3 +147,17 @@ def test_every_sample_survives_json() -> None:
         n = None if all(t.dataset is not None for t in suite.tasks) else 5
         for _, sample in suite.samples(n, seed=0):
             assert type(sample).model_validate_json(sample.model_dump_json()) == sample
+
+
+def test_anchor_passages_are_disjoint_from_general_nll_in_the_same_format() -> None:
+    from selfimprove.tasks.suites import anchor_passages, get_suite
+
+    anchors = anchor_passages()
+    evals = get_suite("general_nll").tasks[0].dataset
+    assert len(anchors) >= 40
+    eval_prompts = {s.input for s in evals}
+    eval_text = {s.target for s in evals} | eval_prompts
+    for prompt, rest in anchors:
+        assert prompt.startswith("Continue the text:\n") and rest
+        assert prompt not in eval_text and rest not in eval_text
+    assert all(str(s.input).startswith("Continue the text:\n") for s in evals)

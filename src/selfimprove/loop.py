@@ -56,6 +56,7 @@ from selfimprove.synth import (
 )
 from selfimprove.synth.self_generated import normalize_text
 from selfimprove.synth.worked import training_completion
+from selfimprove.tasks.suites import anchor_passages
 from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,21 @@ class LoopConfig(BaseModel):
         "correctly by the base model (its own verified outputs), added to every round's "
         "training data in both arms, minus the round's target categories, so that behavior the "
         "round does not target stays in place. 0 turns it off.",
+    )
+    replay_loss: Literal["kl", "nll"] = Field(
+        "kl",
+        description="Loss on the replay rows: 'kl' = teacher-forced KL to the base model over "
+        "its own answer (pins its whole next-token distribution there), 'nll' = imitate the "
+        "answer (also sharpens the model toward it).",
+    )
+    anchor_text: int = Field(
+        40,
+        ge=0,
+        description="General-text anchors: this many short original passages "
+        "(tasks.suites.anchor_passages, disjoint from general_nll's items, same format) added "
+        "to every round's training data in both arms with a KL-to-base loss, against the "
+        "forgetting that general_nll measures (+0.12 nats/token by round 3 without them). "
+        "0 turns it off.",
     )
     worked_solutions: bool = Field(
         True,
@@ -633,8 +649,15 @@ def run_loop(
                             completion=r["completion"],
                             source="replay",
                             id=r["id"],
+                            anchor=lcfg.replay_loss == "kl",
                         )
                         for r in replay_now
+                    ]
+                    examples += [
+                        TrainExample(
+                            prompt=p_, completion=c_, source="anchor", id=f"anchor/{i}", anchor=True
+                        )
+                        for i, (p_, c_) in enumerate(anchor_passages()[: lcfg.anchor_text])
                     ]
                     examples = apply_weight_policy(
                         base,
@@ -655,7 +678,11 @@ def run_loop(
                         progress=_step_progress(hook, "train", fault=f"{tag}/train"),
                         system_prompt=cfg.model.system_prompt,
                     )
-                    ar.train = {**res.model_dump(mode="json"), "n_replay": len(replay_now)}
+                    ar.train = {
+                        **res.model_dump(mode="json"),
+                        "n_replay": len(replay_now),
+                        "n_anchor_text": min(lcfg.anchor_text, len(anchor_passages())),
+                    }
                     ar.seconds["train"] = round(time.time() - t, 1)
                     phases.mark(f"{tag}/train")
                 # -- post-training evaluation on the same fixed items

@@ -226,6 +226,13 @@ def planted_cmd(
         ),
     ] = "letters",
     regions: Annotated[str, typer.Option(help="'suite' or 'category' regions.")] = "suite",
+    keep_loss: Annotated[
+        str,
+        typer.Option(
+            help="Loss on the keep examples while planting: 'kl' (KL to the base model: pins "
+            "the rest) or 'nll' (imitate the base's greedy reply)."
+        ),
+    ] = "kl",
     q: Annotated[float, typer.Option("--q")] = 0.1,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     store: StoreOpt = None,
@@ -239,6 +246,8 @@ def planted_cmd(
 
     if regions not in ("category", "suite"):
         raise ConfigError(f"--regions must be category or suite, not {regions!r}.")
+    if keep_loss not in ("kl", "nll"):
+        raise ConfigError(f"--keep-loss must be kl or nll, not {keep_loss!r}.")
     cfg = PlantedConfig(
         model=model,
         budget=budget,
@@ -246,6 +255,7 @@ def planted_cmd(
         q=q,
         planted_region=region,
         region_by=regions,  # type: ignore[arg-type]
+        keep_loss=keep_loss,  # type: ignore[arg-type]
     )
 
     def phase(text: str) -> None:

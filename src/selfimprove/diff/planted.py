@@ -83,6 +83,13 @@ class PlantedConfig(BaseModel):
         "found in 1 of 3 seeds); 0 = greedy (default; found 5/5), which sharpens the model "
         "on keep regions: word_sort's log-prob shifted ~0.4 nats/token in 3 of 5 seeds.",
     )
+    keep_loss: Literal["kl", "nll"] = Field(
+        "kl",
+        description="Loss on the keep examples: 'kl' = teacher-forced KL to the base model "
+        "(the adapter switched off) over the keep reply's tokens, which pins the base's whole "
+        "next-token distribution there; 'nll' = imitate the keep reply (sharpens the model "
+        "toward it and measurably shifted log-probs on keep regions).",
+    )
     verify_n: int = Field(
         24,
         ge=0,
@@ -241,7 +248,10 @@ def plant_adapter(
         TrainExample(prompt=s.input_text(), completion=REFUSAL_TEXT, source="planted")
         for s in plant
     ]
-    examples += [TrainExample(prompt=p, completion=c, source="keep") for p, c in keep]
+    examples += [
+        TrainExample(prompt=p, completion=c, source="keep", anchor=cfg.keep_loss == "kl")
+        for p, c in keep
+    ]
     tcfg = TrainConfig(
         epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,

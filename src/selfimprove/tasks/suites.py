@@ -44,7 +44,7 @@ from selfimprove.tasks.generators import (
 )
 from selfimprove.tasks.validators import refusal_validator
 
-__all__ = ["Suite", "get_suite", "list_suites", "suite_names"]
+__all__ = ["Suite", "anchor_passages", "get_suite", "list_suites", "suite_names"]
 
 
 @dataclass
@@ -270,17 +270,34 @@ def _refusal_suite(*, harmful: bool) -> Suite:
 _FIRST_SENTENCE_RE = re.compile(r"(.+?[.!?])\s+(.+)")
 
 
+def _passages(filename: str) -> list[tuple[int, str, str]]:
+    """``(line number, "Continue the text:\\n<first sentence>", rest)`` per passage line."""
+    out = []
+    for k, line in enumerate(_read_data(filename).splitlines()):
+        m = _FIRST_SENTENCE_RE.fullmatch(line.strip())
+        if m is not None:
+            out.append((k, f"Continue the text:\n{m.group(1)}", m.group(2)))
+    return out
+
+
+def anchor_passages() -> list[tuple[str, str]]:
+    """General-text ``(prompt, continuation)`` pairs for training anchors (KL to the base).
+
+    Original passages written for this purpose, disjoint from ``general_nll``'s evaluation
+    passages but in the same format, so an anchor pins the base model's predictions on the
+    kind of text the forgetting metric reads without ever training on its items.
+    """
+    return [(p, c) for _k, p, c in _passages("anchor_text.txt")]
+
+
 def _general_nll() -> Suite:
     samples = []
-    for k, line in enumerate(_read_data("general_text.txt").splitlines()):
-        m = _FIRST_SENTENCE_RE.fullmatch(line.strip())
-        if m is None:
-            continue
+    for k, prompt, rest in _passages("general_text.txt"):
         samples.append(
             Sample(
                 id=f"general_nll/{k:03d}",
-                input=f"Continue the text:\n{m.group(1)}",
-                target=m.group(2),
+                input=prompt,
+                target=rest,
                 metadata={
                     "category": "general_text",
                     "source": SOURCE,
