@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,7 +161,8 @@ def test_bad_jsonl_raises_data_error(tmp_path: Path) -> None:
         regions_from_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_jsonl_clusters_without_regions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster_by", ["embedding", "tfidf"])
+def test_jsonl_clusters_without_regions(tmp_path: Path, cluster_by) -> None:
     rows = [{"prompt": f"What is {i} plus {i + 1}?"} for i in range(10)]
     rows += [
         {"prompt": f"Write a poem about the {w} sea"}
@@ -168,10 +170,52 @@ def test_jsonl_clusters_without_regions(tmp_path: Path) -> None:
     ]
     bank = tmp_path / "bank.jsonl"
     bank.write_text("\n".join(json.dumps(r) for r in rows))
-    regs = regions_from_jsonl(bank, n_clusters=2)
+    regs = regions_from_jsonl(bank, n_clusters=2, cluster_by=cluster_by)
     assert len(regs) == 2
     groups = [{it.sample.input_text()[:5] for it in r.items} for r in regs]
     assert {"What "} in groups and {"Write"} in groups
+
+
+def _purity(labels: list[int], truth: list[int]) -> float:
+    from collections import Counter
+
+    hit = 0
+    for lab in set(labels):
+        hit += Counter(t for la, t in zip(labels, truth, strict=True) if la == lab).most_common(1)[
+            0
+        ][1]
+    return hit / len(labels)
+
+
+def test_embedding_clusters_group_by_meaning_where_tfidf_cannot() -> None:
+    """One template, two topics that share no words: only meaning separates them."""
+    from selfimprove.diff.regions import cluster_texts, text_vectors
+    from selfimprove.embeddings import embed_texts
+
+    animals = ["tiger", "dolphin", "sparrow", "wolf", "elephant", "rabbit", "eagle", "shark"]
+    vehicles = ["bicycle", "truck", "helicopter", "tram", "motorcycle", "submarine", "van", "jet"]
+    texts = [f"Tell me something about the {w}." for w in animals + vehicles]
+    truth = [0] * len(animals) + [1] * len(vehicles)
+    emb = embed_texts(texts)
+    assert emb.shape == (16, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert np.array_equal(emb, embed_texts(texts))  # deterministic
+    pur = {
+        by: [_purity(cluster_texts(texts, 2, seed=s, by=by), truth) for s in range(5)]
+        for by in ("embedding", "tfidf")
+    }
+    print(f"\ncluster purity over 5 seeds: {pur}")  # measured: all 1.0 vs 0.5-0.81
+    assert pur["embedding"] == [1.0] * 5
+    assert sum(pur["tfidf"]) / 5 < 0.9
+    # a paraphrase is nearer than a same-template sentence on another topic
+    v = text_vectors(
+        [
+            "How do I bake bread at home?",
+            "What is a recipe for homemade bread?",
+            "How do I fix a flat tyre at home?",
+        ],
+        "embedding",
+    )
+    assert v[0] @ v[1] > v[0] @ v[2]
 
 
 def test_cli_diff_tiny_models(tmp_path: Path) -> None:

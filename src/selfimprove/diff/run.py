@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field
 
 from selfimprove.diff.detect import DiffConfig, DiffResult, detect_changes
 from selfimprove.diff.explore import ExploreSample, contrastive_decode
-from selfimprove.diff.regions import Region, regions_from_jsonl, regions_from_suites, split_region
+from selfimprove.diff.regions import (
+    ClusterBy,
+    Region,
+    regions_from_jsonl,
+    regions_from_suites,
+    split_region,
+)
 from selfimprove.diff.report import render_diff_report
 from selfimprove.diff.weights import ModuleDelta, lora_delta_summary
 from selfimprove.engine import Engine
@@ -54,15 +60,17 @@ def build_regions(
     n_per_region: int,
     seed: int,
     by: Literal["category", "suite"] = "category",
+    cluster_by: ClusterBy = "auto",
 ) -> list[Region]:
-    """Regions from suite names (``suite/category`` or whole suites) and/or a JSONL bank."""
+    """Regions from suite names (``suite/category`` or whole suites) and/or a JSONL bank
+    (its rows without a region are clustered ``cluster_by``: embedding or TF-IDF)."""
     from selfimprove.evaluate import resolve_suites
 
     regions: list[Region] = []
     if suites:
         regions += regions_from_suites(resolve_suites(list(suites)), n_per_region, seed, by=by)
     if prompts:
-        regions += regions_from_jsonl(prompts, seed=seed)
+        regions += regions_from_jsonl(prompts, seed=seed, cluster_by=cluster_by)
     return regions
 
 
