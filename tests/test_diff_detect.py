@@ -243,6 +243,42 @@ def test_cli_diff_tiny_models(tmp_path: Path) -> None:
     assert r.exit_code != 0
 
 
+def test_cli_null_calibration_self_and_two_seed_fine_tunes(tmp_path: Path) -> None:
+    """--null MODEL: A vs A, nothing flagged, forced samples everywhere; --null-adapters:
+    two LoRAs on the same data with different seeds, compared with each other."""
+    from typer.testing import CliRunner
+
+    from selfimprove.cli import app
+    from selfimprove.models import load_model
+    from selfimprove.runtime import resolve_runtime
+    from selfimprove.train import TrainConfig, TrainExample, train_lora
+
+    runner = CliRunner()
+    common = ["--suites", "logic", "--n-per-region", "12", "--max-new-tokens", "4",
+              "--seeds", "2", "--json", "--threads", "2"]  # fmt: skip
+    r = runner.invoke(app, ["diff", "--null", "tiny-llama", *common])
+    assert r.exit_code == 0, r.output
+    cal = json.loads(r.output[r.output.index("{") :])
+    assert cal["seeds"] == [0, 1] and cal["n_flagged_regions"] == [0, 0]
+    assert cal["samples_per_model"] == [3 * 6, 3 * 6]  # 3 regions x 6 forced (of 6 held out)
+    base = load_model("tiny-llama")
+    ex = [TrainExample(prompt=f"Is {i} even?", completion="yes" if i % 2 == 0 else "no")
+          for i in range(8)]  # fmt: skip
+    dirs = []
+    for s in (0, 1):
+        d = tmp_path / f"a{s}"
+        train_lora(base, ex, TrainConfig(epochs=1, batch_size=4, seed=s), d,
+                   runtime=resolve_runtime(2, "fp32"))  # fmt: skip
+        dirs.append(str(d))
+    r = runner.invoke(app, ["diff", "--null", "tiny-llama", "--null-adapters", ",".join(dirs),
+                            *common])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cal2 = json.loads(r.output[r.output.index("{") :])
+    assert len(cal2["n_flagged_regions"]) == 2 and min(cal2["samples_per_model"]) >= 18
+    r = runner.invoke(app, ["diff", "--null", "tiny-llama", "--null-adapters", dirs[0]])
+    assert r.exit_code != 0 and "two adapter folders" in str(r.exception or r.output)
+
+
 def test_adapter_candidate_leaves_base_untouched_and_weights_summary(tmp_path: Path) -> None:
     """base + adapter must not turn A into B (PEFT wraps models in place)."""
     from selfimprove.diff.planted import PlantedConfig, run_planted_benchmark

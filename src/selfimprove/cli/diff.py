@@ -102,6 +102,13 @@ def diff_cmd(
         str | None,
         typer.Option("--null", help="Calibrate: compare MODEL with itself over --seeds seeds."),
     ] = None,
+    null_adapters: Annotated[
+        str | None,
+        typer.Option(
+            help="--null: compare MODEL+ADAPTER1 with MODEL+ADAPTER2 (comma-separated; e.g. two "
+            "fine-tunes on the same data with different seeds) instead of MODEL with itself."
+        ),
+    ] = None,
     suites: SuitesOpt = None,
     prompts: Annotated[
         str | None, typer.Option(help="JSONL prompt bank: {prompt, region?, target?} per line.")
@@ -177,7 +184,18 @@ def diff_cmd(
         from selfimprove.models import load_model
 
         phase(f"Loading {null}")
-        m = load_model(null)
+        other = None
+        if null_adapters:
+            dirs = [d.strip() for d in null_adapters.split(",") if d.strip()]
+            if len(dirs) != 2:
+                raise ConfigError(
+                    f"--null-adapters needs two adapter folders separated by a comma, got {dirs}."
+                )
+            _, m = load_pair(null, None, dirs[0])
+            _, m2 = load_pair(null, None, dirs[1])
+            other = Engine(m2, runtime=runtime)
+        else:
+            m = load_model(null)
         eng = Engine(m, runtime=runtime)
         c = cfg.model_copy(update={"min_per_region": min_per_region or 6})
         cal, _ = null_calibration(
@@ -185,6 +203,7 @@ def diff_cmd(
             lambda s: build_regions(suite_list, prompts, n_per_region, s, by, cl),
             c,
             list(range(seed, seed + seeds)),
+            other=other,
             phase=phase,
         )
         if as_json:
