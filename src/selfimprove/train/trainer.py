@@ -188,7 +188,7 @@ class TrainResult(BaseModel):
 
 # ---------------------------------------------------------------------------- data
 class TokenizedDataset:
-    """Tokenized examples (``input_ids``, ``labels``, ``weight`` per row) for the Trainer."""
+    """Tokenized examples (``input_ids``, ``labels``, ``weight``, ``anchor`` per row)."""
 
     column_names = ("input_ids", "labels", "weight", "anchor")
 
