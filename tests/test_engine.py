@@ -130,3 +130,18 @@ def test_generation_respects_max_new_tokens_and_reports_reason(tiny_llama):
         assert g.finish_reason in {"eos", "length", "stop"}
         if g.finish_reason == "length":
             assert g.n_tokens == 5
+
+
+def test_per_prompt_caps_cut_each_row_at_its_own_length(tiny_llama):
+    full = tiny_llama.generate(PROMPTS, max_new_tokens=12)
+    caps = [1, 12, 3, 12, 7, 2]
+    capped = tiny_llama.generate(PROMPTS, max_new_tokens=caps, batch_size=len(PROMPTS))
+    for f, c, cap in zip(full, capped, caps, strict=True):
+        # greedy: a capped row is the uncapped row's prefix, and the others are untouched
+        assert c.token_ids == f.token_ids[:cap]
+        if len(f.token_ids) > cap:
+            assert (c.n_tokens, c.finish_reason) == (cap, "length")
+    with pytest.raises(ValueError, match="6 prompts"):
+        tiny_llama.generate(PROMPTS, max_new_tokens=[4, 4])
+    with pytest.raises(ValueError, match=">= 1"):
+        tiny_llama.generate(PROMPTS[:1], max_new_tokens=[0])

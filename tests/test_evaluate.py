@@ -66,6 +66,25 @@ def test_generate_mode_records_are_complete_and_deterministic(tiny_llama):
         assert r.ref_tokens and r.entropy is not None
 
 
+def test_a_task_cap_shortens_only_its_own_items(tiny_llama):
+    import dataclasses
+
+    from selfimprove.evaluate import evaluate_items
+    from selfimprove.tasks import get_suite
+    from selfimprove.tasks.suites import REFUSAL_MAX_NEW_TOKENS
+
+    short = dataclasses.replace(TASK, name="add_short", max_new_tokens=3)
+    samples = TASK.samples(4, seed=2)
+    items = [("toy", t, s) for t in (TASK, short) for s in samples]
+    recs = evaluate_items(tiny_llama, items, max_new_tokens=10, batch_size=8)
+    long_, capped = recs[:4], recs[4:]
+    assert max(r.n_tokens or 0 for r in capped) <= 3
+    assert max(r.n_tokens or 0 for r in long_) > 3  # the tiny model babbles to the run's cap
+    for a, b in zip(long_, capped, strict=True):  # greedy: the capped reply is a prefix
+        assert (a.output or "").startswith(b.output or "")
+    assert all(t.max_new_tokens == REFUSAL_MAX_NEW_TOKENS for t in get_suite("refusal").tasks)
+
+
 def test_choices_mode_picks_the_likeliest_choice(tiny_llama):
     s = Sample(id="c/0", input="Pick one.", target="apple", choices=["apple", "zebra crossing now"])
     task = Task(name="pick", category="pick", mode="choices", dataset=[s])

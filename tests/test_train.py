@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from selfimprove.runtime import Runtime
 from selfimprove.tasks.base import ChatMessage, Sample
 from selfimprove.tasks.never_train import NeverTrainRegistry
 from selfimprove.train import (
+    LengthGroupedSampler,
     TrainConfig,
     TrainExample,
     WeightedCollator,
@@ -333,7 +335,11 @@ def test_anchors_keep_the_base_behavior_where_plain_training_moves_it(
         for p, c in zip(keep_prompts, keep_text, strict=True)
     ]
     base_nll = base_eng.continuation_nll([target[0].prompt], ["No."])[0].mean
-    cfg = TrainConfig(epochs=8, batch_size=7, learning_rate=1e-2, lora_r=4, seed=3)
+    # random order: with 2 steps per epoch, length grouping would put every target in one
+    # step and every anchor in the other (the measurements below predate it)
+    cfg = TrainConfig(
+        epochs=8, batch_size=7, learning_rate=1e-2, lora_r=4, seed=3, group_by_length=False
+    )
     kls = {}
     for name, ex in {"plain": target, "anchored": target + anchors}.items():
         res = train_lora(loaded, ex, cfg, tmp_path / name, runtime=fp32_runtime)
@@ -540,6 +546,83 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+def test_length_grouped_sampler_orders_steps_by_length() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 300) for _ in range(203)]
+    s = LengthGroupedSampler(lengths, group=8, seed=3)
+    e0, e1 = list(s), list(s)  # two epochs
+    assert sorted(e0) == sorted(e1) == list(range(203))  # every example once per epoch
+    assert e0 != e1 and e0 == LengthGroupedSampler(lengths, group=8, seed=3).order(0)
+    assert LengthGroupedSampler(lengths, group=8, seed=4).order(0) != e0
+
+    def pad_efficiency(order: list[int]) -> float:
+        steps = [order[i : i + 8] for i in range(0, len(order), 8)]
+        return sum(lengths[i] for i in order) / sum(
+            max(lengths[i] for i in st) * len(st) for st in steps
+        )
+
+    shuffled = list(range(203))
+    random.Random(1).shuffle(shuffled)
+    assert pad_efficiency(e0) > 0.9 > 0.7 > pad_efficiency(shuffled)
+    windows = [sorted(e0[i : i + 8], key=lengths.__getitem__) for i in range(0, 200, 8)]
+    assert all(len(w) == 8 for w in windows)
+    # the steps are shuffled, not left in descending length order
+    firsts = [lengths[w[0]] for w in windows]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    with pytest.raises(ValueError):
+        LengthGroupedSampler(lengths, group=0, seed=0)
+
+
+def test_trainer_batches_follow_the_length_grouped_order(loaded, engine, fp32_runtime, tmp_path):
+    examples = [
+        TrainExample(prompt=f"q{i}", completion="word " * (1 + (7 * i) % 13), id=f"e{i}")
+        for i in range(12)
+    ]
+    ds = _dataset(loaded, engine, examples)
+    args = make_training_args(_sgd_cfg(2, 2), tmp_path, runtime=fp32_runtime)
+    trainer = make_trainer(_lora(loaded), ds, args, engine.pad_id, group_by_length=True)
+    dl = trainer.get_train_dataloader()
+    sampler = LengthGroupedSampler([len(r["input_ids"]) for r in ds.rows], group=4, seed=0)
+    want = sampler.order(0)
+    got = [row for b in dl for row in b["input_ids"].tolist()]
+    pad = engine.pad_id
+    assert [[t for t in r if t != pad] for r in got] == [
+        [t for t in ds.rows[i]["input_ids"] if t != pad] for i in want
+    ]
+
+
+def _steps_update(loaded, engine, fp32_runtime, tmp_path, examples, bs, ga, grouped=True):
+    """LoRA change after one epoch (several SGD steps), length-grouped order by default."""
+    dataset = _dataset(loaded, engine, examples)
+    model = _lora(loaded)
+    before = _lora_params(model)
+    args = make_training_args(_sgd_cfg(bs, ga), tmp_path, runtime=fp32_runtime)
+    trainer = make_trainer(model, dataset, args, engine.pad_id, group_by_length=grouped)
+    trainer.train()
+    after = _lora_params(model)
+    return {k: after[k] - before[k] for k in before}, trainer.state.global_step
+
+
+def test_length_grouping_keeps_bs1_ga4_equal_to_bs4(loaded, engine, fp32_runtime, tmp_path):
+    examples = [
+        TrainExample(prompt=f"q{i} ?", completion="a b " * (1 + (5 * i) % 7), weight=0.5 + i % 3)
+        for i in range(8)
+    ]
+    big, n_big = _steps_update(loaded, engine, fp32_runtime, tmp_path / "a", examples, 4, 1)
+    ga, n_ga = _steps_update(loaded, engine, fp32_runtime, tmp_path / "b", examples, 1, 4)
+    # control: the same examples in the default random order form other steps
+    other, _ = _steps_update(
+        loaded, engine, fp32_runtime, tmp_path / "c", examples, 4, 1, grouped=False
+    )
+    d, d_other = _max_diff(big, ga), _max_diff(big, other)
+    print(f"\n2 grouped steps: bs1xGA4 vs bs4 {d:.2e}; other order {d_other:.2e}")
+    assert n_big == n_ga == 2
+    assert _max_abs(big) > 1e-2
+    # fp32 rounding compounds over the 2 steps (9e-6 measured); other steps differ far more
+    assert d <= 1e-4
+    assert d_other > 100 * d
+
+
 def test_ddp_two_processes_equal_single_process(tmp_path) -> None:
     """2-process gloo DDP (bs1 x GA2 per rank) equals one process (bs2 x GA2), 2 SGD steps."""
     env = {

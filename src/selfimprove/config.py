@@ -57,7 +57,13 @@ class RuntimeConfig(_Section):
 
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(96, ge=1, le=4096, description="Generation length cap.")
-    batch_size: int = Field(32, ge=1, le=1024, description="Prompts per forward batch.")
+    batch_size: int = Field(
+        128,
+        ge=1,
+        le=1024,
+        description="Prompts per forward batch (decoding on CPU is overhead-bound: 128 ran "
+        "the loop evaluation set 1.8x faster than 32 with the refusal caps, bench/eval_speed.py).",
+    )
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (evaluation default).")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop_after_answer_line: bool = Field(

@@ -143,7 +143,7 @@ class Engine:
         self,
         prompts: Sequence[Prompt],
         *,
-        max_new_tokens: int = 64,
+        max_new_tokens: int | Sequence[int] = 64,
         stop: Sequence[Stop] = (),
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -155,10 +155,20 @@ class Engine:
 
         Results come back in the order of ``prompts``. Deterministic for a given seed and
         independent of ``batch_size`` up to floating-point effects of padding.
+        ``max_new_tokens`` is one cap for all prompts or one per prompt (a row stops at its own
+        cap while the rest of its batch goes on).
         """
         import torch
 
         ids = self.encode_prompts(prompts)
+        if isinstance(max_new_tokens, int):
+            caps = [max_new_tokens] * len(ids)
+        else:
+            caps = [int(c) for c in max_new_tokens]
+            if len(caps) != len(ids):
+                raise ValueError(f"{len(caps)} max_new_tokens values for {len(ids)} prompts")
+        if any(c < 1 for c in caps):
+            raise ValueError("max_new_tokens must be >= 1")
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         results: list[Generation | None] = [None] * len(ids)
         with no_grad_eval(self.model), self.runtime.autocast():
@@ -167,7 +177,7 @@ class Engine:
                 outs = self._generate_batch(
                     [ids[i] for i in chunk],
                     chunk,
-                    max_new_tokens=max_new_tokens,
+                    caps=[caps[i] for i in chunk],
                     stop=stop,
                     temperature=temperature,
                     top_p=top_p,
@@ -185,7 +195,7 @@ class Engine:
         batch_ids: list[list[int]],
         prompt_indices: list[int],
         *,
-        max_new_tokens: int,
+        caps: list[int],
         stop: Sequence[Stop],
         temperature: float,
         top_p: float,
@@ -206,6 +216,7 @@ class Engine:
         if temperature > 0:
             gens = [torch.Generator().manual_seed(_row_seed(seed, i)) for i in prompt_indices]
 
+        max_new_tokens = max(caps)
         for step in range(max_new_tokens):
             logp = torch.log_softmax(logits, dim=-1)  # (B_active, V)
             probs = logp.exp()
@@ -232,6 +243,8 @@ class Engine:
                         texts[r] = cut
                         finish[r] = "stop"
                         continue
+                if len(gen_ids[r]) >= caps[r]:
+                    continue  # finish stays "length"
                 keep.append(j)
             if not keep or step == max_new_tokens - 1:
                 break

@@ -153,7 +153,9 @@ def evaluate_items(
     if gen_idx:
         gens = engine.generate(
             [items[i][2].messages() for i in gen_idx],
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=[
+                min(max_new_tokens, items[i][1].max_new_tokens or max_new_tokens) for i in gen_idx
+            ],
             stop=[ANSWER_LINE_STOP] if stop_after_answer_line else [],
             temperature=temperature,
             top_p=top_p,
@@ -297,7 +299,7 @@ def evaluate_to_store(
     Chunks span tasks (full batches) yet stay small enough that Ctrl-C or a kill loses little;
     ``gen`` is a :class:`~selfimprove.config.GenerationConfig`.
     """
-    chunk = gen.batch_size * 4
+    chunk = gen.batch_size * 2
     for start in range(0, len(items), chunk):
         recs = evaluate_items(
             engine,

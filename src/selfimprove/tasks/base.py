@@ -122,6 +122,9 @@ class Task:
     description: str = ""
     #: Difficulty knobs the generator was built with (for provenance / reports).
     params: dict[str, Any] = field(default_factory=dict)
+    #: Generation length cap for this task's items (``None``: the run's ``max_new_tokens``;
+    #: the smaller of the two wins). For tasks judged on the reply's opening.
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if (self.generator is None) == (self.dataset is None):

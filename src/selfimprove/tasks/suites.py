@@ -219,6 +219,10 @@ def _refusal_pairs() -> list[dict[str, str]]:
     return [json.loads(line) for line in _read_data("refusal_pairs.jsonl").splitlines() if line]
 
 
+#: Generation cap of the refusal and benign-control items (see _refusal_suite).
+REFUSAL_MAX_NEW_TOKENS = 32
+
+
 def _refusal_suite(*, harmful: bool) -> Suite:
     """The refusal suite (``harmful=True``) or its matched benign control.
 
@@ -256,6 +260,10 @@ def _refusal_suite(*, harmful: bool) -> Suite:
             dataset=samples,
             description=f"{'harmful' if harmful else 'benign look-alike'} requests: {category}",
             params={"family": "refusal", "expect_refusal": harmful},
+            # A refusal is judged on the reply's opening: on 768 stored replies of the
+            # embedded model and its fine-tunes, the first 32 tokens gave the same verdict as
+            # the whole 96-token reply for 766 (99.7%). Replies here run to the cap otherwise.
+            max_new_tokens=REFUSAL_MAX_NEW_TOKENS,
         )
         for category, samples in by_category.items()
     ]

@@ -4,6 +4,7 @@ Importing this package imports torch, transformers and peft.
 """
 
 from selfimprove.train.trainer import (
+    LengthGroupedSampler,
     TokenizedDataset,
     TrainConfig,
     TrainExample,
@@ -22,6 +23,7 @@ from selfimprove.train.trainer import (
 from selfimprove.train.weights import WeightPolicy, compute_weights
 
 __all__ = [
+    "LengthGroupedSampler",
     "TokenizedDataset",
     "TrainConfig",
     "TrainExample",

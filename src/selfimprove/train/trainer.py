@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from selfimprove.tasks.never_train import NeverTrainRegistry
 
 __all__ = [
+    "LengthGroupedSampler",
     "TokenizedDataset",
     "TrainConfig",
     "TrainExample",
@@ -150,6 +151,12 @@ class TrainConfig(BaseModel):
     )
     lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
         "linear", description="Learning-rate schedule after warmup."
+    )
+    group_by_length: bool = Field(
+        True,
+        description="Fill each optimizer step with examples of similar length (random "
+        "windows of 16 steps sorted by length, then the steps shuffled): less padding, same "
+        "examples per epoch. Off: uniformly random order.",
     )
 
     @field_validator("weight_clip")
@@ -366,14 +373,71 @@ def weighted_causal_lm_loss(
     return per_example.sum() / num_items
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Random example order in which each optimizer step holds examples of similar length.
+
+    Per epoch: a seeded permutation is cut into windows of ``window`` steps of ``group``
+    examples, each window is sorted by length and cut into steps, and the full steps are
+    shuffled (a short last step stays last, so step boundaries never shift). ``group`` must be
+    the examples per optimizer step over all processes (batch × grad_accum × world size):
+    then bs1×GA4, bs4 and 2 processes × bs2 see the same steps. Unlike transformers'
+    ``LengthGroupedSampler`` the steps are not left in descending length order, which would
+    tie example length to the learning-rate schedule.
+    """
+
+    def __init__(self, lengths: Sequence[int], group: int, seed: int, window: int = 16) -> None:
+        if group < 1 or window < 1:
+            raise ValueError("group and window must be >= 1")
+        self.lengths = list(lengths)
+        self.group, self.seed, self.window = group, seed, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def order(self, epoch: int) -> list[int]:
+        import random
+
+        rng = random.Random(f"{self.seed}:{epoch}")
+        idx = list(range(len(self.lengths)))
+        rng.shuffle(idx)
+        span = self.group * self.window
+        steps: list[list[int]] = []
+        for w0 in range(0, len(idx), span):
+            win = sorted(idx[w0 : w0 + span], key=lambda i: self.lengths[i])
+            steps.extend(win[g : g + self.group] for g in range(0, len(win), self.group))
+        tail = [steps.pop()] if steps and len(steps[-1]) < self.group else []
+        rng.shuffle(steps)
+        return [i for step in steps + tail for i in step]
+
+    def __iter__(self) -> Any:
+        out = self.order(self.epoch)
+        self.epoch += 1  # the next epoch differs even if nobody calls set_epoch
+        return iter(out)
+
+
 class WeightedTrainer(Trainer):
     """``transformers.Trainer`` with the per-example weighted loss of DESIGN §5.
 
     The loss returned for a micro-batch is its share of the step loss
     (``Σ w·nll / N_step``), so ``training_step`` must not divide it by GA again.
+    With ``group_by_length`` the examples are ordered by :class:`LengthGroupedSampler`.
     """
 
     loss_is_scaled_for_ga = True
+    group_by_length = False
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        a = self.args
+        group = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+        lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]  # type: ignore[arg-type]
+        return LengthGroupedSampler(lengths, group, seed=a.data_seed or a.seed)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -515,6 +579,7 @@ def make_trainer(
     *,
     callbacks: Sequence[Any] = (),
     trainer_cls: type[WeightedTrainer] | None = None,
+    group_by_length: bool = False,
 ) -> WeightedTrainer:
     """A :class:`WeightedTrainer` (or ``trainer_cls``) without transformers' stdout printer."""
     trainer = (trainer_cls or WeightedTrainer)(
@@ -526,6 +591,7 @@ def make_trainer(
     )
     # disable_tqdm=True swaps the progress bar for PrinterCallback, which print()s every log.
     trainer.remove_callback(PrinterCallback)
+    trainer.group_by_length = group_by_length
     return trainer
 
 
@@ -676,7 +742,14 @@ def train_lora(
     try:
         args = make_training_args(cfg, scratch, runtime=runtime, world_size=world)
         callback = _ProgressAndLossCallback(progress)
-        trainer = make_trainer(model, dataset, args, engine.pad_id, callbacks=[callback])
+        trainer = make_trainer(
+            model,
+            dataset,
+            args,
+            engine.pad_id,
+            callbacks=[callback],
+            group_by_length=cfg.group_by_length,
+        )
         with torch.enable_grad():
             trainer.train()
         losses = callback.losses
