@@ -28,7 +28,7 @@ from transformers import set_seed
 
 from selfimprove.engine import Engine
 from selfimprove.errors import NeverTrainViolation
-from selfimprove.models import LoadedModel, load_model
+from selfimprove.models import LoadedModel, attach_adapter, load_model
 from selfimprove.runtime import Runtime
 from selfimprove.tasks.base import ChatMessage, Sample
 from selfimprove.tasks.never_train import NeverTrainRegistry
@@ -478,6 +478,15 @@ def test_train_lora_end_to_end(loaded, fp32_runtime, tmp_path) -> None:
     nll_base = [s.mean for s in base_eng.continuation_nll(prompts, targets)]
     nll_tuned = [s.mean for s in tuned.continuation_nll(prompts, targets)]
     assert all(t < 0.5 * b for t, b in zip(nll_tuned, nll_base, strict=True))
+    # Merged into the weights it is the same model up to float rounding (fp32 here).
+    merged_lm = attach_adapter(load_model("tiny-llama", n_layers=2, seed=0), out, merge=True)
+    assert not hasattr(merged_lm.model, "peft_config")  # a plain model, no LoRA layers left
+    merged = Engine(merged_lm, runtime=fp32_runtime)
+    nll_merged = [s.mean for s in merged.continuation_nll(prompts, targets)]
+    assert nll_merged == pytest.approx(nll_tuned, rel=1e-5)
+    assert [g.token_ids for g in merged.generate(prompts, max_new_tokens=8)] == [
+        g.token_ids for g in tuned.generate(prompts, max_new_tokens=8)
+    ]
     # Re-training into the same folder replaces it atomically.
     train_lora(loaded, examples, cfg.model_copy(update={"epochs": 1}), out, runtime=fp32_runtime)
     assert json.loads((out / "train_result.json").read_text())["config"]["epochs"] == 1

@@ -307,10 +307,12 @@ def _with_adapter(base: LoadedModel, adapter: str | None) -> LoadedModel:
     if adapter is None:
         return base
     # PEFT injects LoRA layers into the wrapped modules: work on a copy, keep the base clean.
+    # Merged: every forward pass of the loop (evaluation, data, reference NLL) runs a plain
+    # dense model, like the base's, instead of paying LoRA's per-layer overhead.
     clone = LoadedModel(
         copy.deepcopy(base.model), base.tokenizer, base.name, base.source, base.weights_hash
     )
-    return attach_adapter(clone, adapter)
+    return attach_adapter(clone, adapter, merge=True)
 
 
 def _target_accuracy(
