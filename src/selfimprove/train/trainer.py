@@ -153,10 +153,13 @@ class TrainConfig(BaseModel):
         "linear", description="Learning-rate schedule after warmup."
     )
     group_by_length: bool = Field(
-        True,
+        False,
         description="Fill each optimizer step with examples of similar length (random "
-        "windows of 16 steps sorted by length, then the steps shuffled): less padding, same "
-        "examples per epoch. Off: uniformly random order.",
+        "windows of 16 steps sorted by length, then the steps shuffled): less padding "
+        "(loop training 25-45% faster), same examples per epoch. Off by default: when "
+        "examples of different kinds differ in length (KL anchors vs supervised rows) they "
+        "land in separate steps, and that learned less (planted benchmark seed 0 not found; "
+        "seed-1 loop round 1 +2.3 vs +10.2 pts in random order). Off: uniformly random order.",
     )
 
     @field_validator("weight_clip")
