@@ -245,3 +245,21 @@ def test_loop_refuses_a_gate_that_cannot_accept():
     assert set(power) == {"pooled: math+fmt @ 10% discordant",
                           "pooled: math+fmt @ 20% discordant"}  # fmt: skip
     assert 0.5 < power["pooled: math+fmt @ 10% discordant"] <= 1.0
+
+
+def test_bad_train_or_gate_override_is_a_config_error(tmp_path):
+    from selfimprove.config import load_config
+    from selfimprove.errors import ConfigError
+    from selfimprove.loop import run_loop
+
+    for section, bad in (("train", {"group_by_length": "maybe"}), ("gate", {"alpha": -1})):
+        cfg = load_config(
+            None,
+            {
+                "model": {"name": "tiny-llama"},
+                "store": {"root": str(tmp_path)},
+                "loop": {section: bad},
+            },
+        )
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))}.*\\n.*Fix: correct"):
+            run_loop(cfg)

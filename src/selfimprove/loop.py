@@ -418,12 +418,24 @@ def run_loop(
 
         cfg = Config.model_validate(prev.config)
         lcfg = cfg.loop
-    train_cfg = TrainConfig(
-        **{"seed": lcfg.seed, "weight_policy": lcfg.weight_policy, **lcfg.train}
-    )
+    from pydantic import ValidationError
+
+    from selfimprove.config import _format_validation
+    from selfimprove.errors import ConfigError
+
     # the gate measures the same accuracy that picked the weak areas
     gate_metric = "strict" if lcfg.weakness.metric == "strict" else "correct"
-    gate_cfg = GateConfig(**{"metric": gate_metric, **lcfg.gate})
+    try:
+        train_cfg = TrainConfig(
+            **{"seed": lcfg.seed, "weight_policy": lcfg.weight_policy, **lcfg.train}
+        )
+        gate_cfg = GateConfig(**{"metric": gate_metric, **lcfg.gate})
+    except ValidationError as e:
+        raise ConfigError(
+            _format_validation(e, "loop.train / loop.gate")
+            + "\nFix: correct these keys under loop.train or loop.gate (their fields: "
+            "selfimprove.train.TrainConfig, selfimprove.gate.GateConfig)."
+        ) from None
 
     skills = resolve_suites(lcfg.skill_suites)
     sentinels = resolve_suites(lcfg.sentinel_suites)
