@@ -95,7 +95,8 @@ class Config(_Section):
     loop: LoopConfig = LoopConfig()
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per invalid key (dotted path, message, offending value) under ``source``."""
     lines = [f"Invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -162,7 +163,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         return Config.model_validate(data)
     except ValidationError as e:
         src = source if not overrides else f"{source} + command-line options"
-        raise ConfigError(_format_validation(e, src)) from None
+        raise ConfigError(format_validation_error(e, src)) from None
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

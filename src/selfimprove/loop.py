@@ -420,7 +420,7 @@ def run_loop(
         lcfg = cfg.loop
     from pydantic import ValidationError
 
-    from selfimprove.config import _format_validation
+    from selfimprove.config import format_validation_error
     from selfimprove.errors import ConfigError
 
     # the gate measures the same accuracy that picked the weak areas
@@ -432,7 +432,7 @@ def run_loop(
         gate_cfg = GateConfig(**{"metric": gate_metric, **lcfg.gate})
     except ValidationError as e:
         raise ConfigError(
-            _format_validation(e, "loop.train / loop.gate")
+            format_validation_error(e, "loop.train / loop.gate")
             + "\nFix: correct these keys under loop.train or loop.gate (their fields: "
             "selfimprove.train.TrainConfig, selfimprove.gate.GateConfig)."
         ) from None

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -402,8 +403,6 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         return len(self.lengths)
 
     def order(self, epoch: int) -> list[int]:
-        import random
-
         rng = random.Random(f"{self.seed}:{epoch}")
         idx = list(range(len(self.lengths)))
         rng.shuffle(idx)
