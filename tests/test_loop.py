@@ -72,6 +72,23 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
         assert r.train["n_anchor_text"] == 3
         assert r.train["n_examples"] + r.train["n_dropped"] == r.n_train + 3
         assert r.train["n_anchor"] == r.train["n_examples"] - r.n_train
+    # learnability: a round-1 target that solved no more items is never targeted again
+    r1t, r2t = res.rounds[0], res.rounds[2]
+
+    def solved(name: str) -> dict[str, int]:
+        rows = [json.loads(x) for x in (run_dir / name).read_text().splitlines() if x.strip()]
+        return {
+            f"{s}/{c}": sum(
+                bool(r["correct"]) for r in rows if (r["suite"], r["category"]) == (s, c)
+            )
+            for s, c in r1t.targets
+        }
+
+    b, a = solved("eval_r0_base.jsonl"), solved("eval_r1_targeted.jsonl")
+    assert set(r1t.stalled) == {k for k in b if a[k] <= b[k]}
+    assert r1t.stalled, "the tiny random model should gain nothing in round 1"
+    assert not {f"{s}/{c}" for s, c in r2t.targets} & set(r1t.stalled)
+    assert not any(r.stalled for r in res.rounds if r.arm == "random")
     assert (run_dir / "report.html").is_file()
     assert res.summary["targets"]
     info = RunStore(store).get_run(res.run_id)

@@ -47,7 +47,7 @@ def test_classify_failure_types():
 def test_ranking_selects_weakest_with_threshold_top_k_and_min_items():
     areas = rank_weak_areas(
         _records(),
-        WeaknessConfig(metric="strict", error_threshold=0.3, top_k=2, min_items=5),
+        WeaknessConfig(metric="strict", error_threshold=0.3, top_k=2, min_items=5, rank_by="error"),
         exclude_suites=["sentinel_math"],
     )
     names = [a.category for a in areas]
@@ -69,7 +69,12 @@ def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
     areas = rank_weak_areas(
         _records(),
         WeaknessConfig(
-            metric="extracted", error_threshold=0.9, top_k=4, perplexity_threshold=None, min_items=5
+            metric="extracted",
+            error_threshold=0.9,
+            top_k=4,
+            perplexity_threshold=None,
+            min_items=5,
+            rank_by="error",
         ),
     )
     assert {a.category for a in areas if a.selected} == {"hard", "hard2"}
@@ -91,3 +96,53 @@ def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
         exclude_suites=["sentinel_math"],
     )
     assert {a.category for a in areas if a.selected} == {"hard", "mid", "easy", "fmt"}
+
+
+def test_learnable_ranking_prefers_failures_whose_gold_answer_is_likely() -> None:
+    rs = []
+    rs += [_rec("s", "far", i, False, True, ref_nll=4.0) for i in range(20)]  # ppl ~55
+    rs += [_rec("s", "near", i, False, True, ref_nll=1.0) for i in range(20)]  # ppl ~2.7
+    rs += [_rec("s", "half", i, i < 10, True, ref_nll=1.0) for i in range(20)]
+    rs += [_rec("s", "solved", i, True, True, ref_nll=0.1) for i in range(20)]
+    cfg = WeaknessConfig(error_threshold=0.3, top_k=2, min_items=5)
+    assert cfg.rank_by == "learnable"  # the default
+    areas = rank_weak_areas(rs, cfg)
+    assert [a.category for a in areas if a.selected] == ["near", "half"]
+    far = next(a for a in areas if a.category == "far")
+    assert not far.selected and "top_k" in far.reason
+    lo = far.error_ci[0]
+    assert math.isclose(far.score, lo * math.exp(-4.0))
+    # the error ranking picks the far one first (100% error, ties to the higher perplexity)
+    areas = rank_weak_areas(rs, cfg.model_copy(update={"rank_by": "error"}))
+    assert [a.category for a in areas if a.selected] == ["far", "near"]
+
+
+def test_retired_areas_are_never_selected_and_say_why() -> None:
+    rs = [_rec("s", "near", i, False, True, ref_nll=1.0) for i in range(20)]
+    rs += [_rec("s", "far", i, False, True, ref_nll=4.0) for i in range(20)]
+    areas = rank_weak_areas(
+        rs,
+        WeaknessConfig(top_k=1, min_items=5),
+        retired={("s", "near"): "round 1: no gain after training on it (0/20 -> 0/20)"},
+    )
+    assert [a.category for a in areas if a.selected] == ["far"]
+    near = next(a for a in areas if a.category == "near")
+    assert near.reason.startswith("retired: round 1")
+
+
+def test_stalled_targets_counts_solved_items_on_the_same_items() -> None:
+    from selfimprove.weakness import stalled_targets
+
+    before = [_rec("s", "a", i, i < 2, True) for i in range(10)]
+    before += [_rec("s", "b", i, i < 2, True) for i in range(10)]
+    before += [_rec("s", "c", i, False, True) for i in range(10)]
+    after = [_rec("s", "a", i, i < 3, True) for i in range(10)]  # +1: progress
+    after += [_rec("s", "b", i, 2 <= i < 4, True) for i in range(10)]  # 2 -> 2, other items
+    after += [_rec("s", "c", i, False, True) for i in range(10)]
+    out = stalled_targets(before, after, [("s", "a"), ("s", "b"), ("s", "c"), ("s", "z")])
+    assert set(out) == {("s", "b"), ("s", "c")}  # z has no items: no evidence, not retired
+    assert out[("s", "b")] == "no gain after training on it (2/10 -> 2/10)"
+    # strict metric: a right answer in the wrong format is not solved
+    after_fmt = [_rec("s", "c", i, True, False) for i in range(10)]
+    assert ("s", "c") in stalled_targets(before, after_fmt, [("s", "c")], "strict")
+    assert stalled_targets(before, after_fmt, [("s", "c")], "extracted") == {}

@@ -34,11 +34,61 @@ def test_derivations_are_right() -> None:
         assert w.count("(") == int(s.target)  # every occurrence numbered, nothing else
 
 
+def test_date_walk_crosses_months_and_years_correctly() -> None:
+    import datetime as dt
+
+    dates = {t.category: t for t in get_suite("dates").tasks}
+    n_walk = {"date_add_days": 0, "date_sub_days": 0, "date_add_weeks": 0}
+    for cat in n_walk:
+        task = dates[cat]
+        for s in task.samples(300, seed=4):
+            w = worked_solution(s)
+            if w is None:  # only long week walks fall back (generation cap)
+                assert cat == "date_add_weeks" and int(s.metadata["offset"]) * 7 > 31
+                continue
+            n_walk[cat] += 1
+            assert w.endswith(f"So the date is {s.target}.")
+            text = training_completion(task, s)
+            assert text == f"{w}\n{task.reference(s)}" and task.score(text, s).correct
+    assert n_walk["date_add_days"] == n_walk["date_sub_days"] == 300
+    assert n_walk["date_add_weeks"] >= 30
+    # hand-checked cases: a leap-year February and a year boundary, both directions
+    task = dates["date_add_days"]
+    base = task.samples(1, seed=0)[0]
+
+    def case(cat: str, start: str, k: int) -> str | None:
+        d0 = dt.date.fromisoformat(start)
+        delta = dt.timedelta(days=k * (7 if cat == "date_add_weeks" else 1))
+        end = d0 - delta if cat == "date_sub_days" else d0 + delta
+        s = base.model_copy(
+            update={
+                "target": end.isoformat(),
+                "metadata": {"family": "dates", "category": cat, "date": start, "offset": k},
+            }
+        )
+        return worked_solution(s)
+
+    assert case("date_add_days", "2024-02-20", 10) == (
+        "Day 20 + 10 = 30. February has 29 days: 30 - 29 = 1, in March. So the date is 2024-03-01."
+    )
+    assert case("date_sub_days", "2021-01-03", 5) == (
+        "Day 3 - 5 = -2. Back into December (31 days): -2 + 31 = 29. So the date is 2020-12-29."
+    )
+    assert case("date_add_weeks", "1999-12-30", 1) == (
+        "1 week = 1 × 7 = 7 days. Day 30 + 7 = 37. December has 31 days: 37 - 31 = 6, "
+        "in January. So the date is 2000-01-06."
+    )
+    assert case("date_add_weeks", "1999-01-01", 20) is None  # 4 boundaries: too long
+
+
 def test_families_without_derivation_fall_back_to_reference() -> None:
-    for suite in ("dates", "logic", "refusal"):
+    for suite in ("logic", "refusal"):
         for task in get_suite(suite).tasks:
             s = task.samples(1, seed=0)[0]
             assert training_completion(task, s) == task.reference(s)
+    wd = next(t for t in get_suite("dates").tasks if t.category == "weekday")
+    s = wd.samples(1, seed=0)[0]
+    assert training_completion(wd, s) == wd.reference(s)
     arith = get_suite("arithmetic").tasks[0]
     s = arith.samples(1, seed=0)[0]
     assert training_completion(arith, s, worked=False) == arith.reference(s)

@@ -57,7 +57,7 @@ from selfimprove.synth import (
 from selfimprove.synth.self_generated import normalize_text
 from selfimprove.synth.worked import training_completion
 from selfimprove.tasks.suites import anchor_passages
-from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas
+from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas, stalled_targets
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ class ArmRound(BaseModel):
     diff: dict[str, Any] = Field(default_factory=dict)
     accepted: bool = False
     seconds: dict[str, float] = Field(default_factory=dict)
+    #: targets ("suite/category") whose accuracy did not rise in this round's candidate
+    stalled: dict[str, str] = Field(default_factory=dict)
 
 
 class LoopState(BaseModel):
@@ -313,6 +315,21 @@ def _with_adapter(base: LoadedModel, adapter: str | None) -> LoadedModel:
         copy.deepcopy(base.model), base.tokenizer, base.name, base.source, base.weights_hash
     )
     return attach_adapter(clone, adapter, merge=True)
+
+
+def _retired(
+    rounds: Sequence[ArmRound], rnd: int, wcfg: WeaknessConfig
+) -> dict[tuple[str, str], str]:
+    """Targets of the targeted arm's earlier rounds that gained nothing when trained on."""
+    if not wcfg.retire_stalled:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for r in rounds:
+        if r.arm == "targeted" and r.round < rnd:
+            for key, why in r.stalled.items():
+                s, c = key.split("/", 1)
+                out.setdefault((s, c), f"round {r.round}: {why}")
+    return out
 
 
 def _target_accuracy(
@@ -544,18 +561,28 @@ def run_loop(
                     )
                     seen = {r["input_hash"] for r in prev_data}
                     if arm == "targeted":
+                        retired = _retired(phases.state.rounds, rnd, lcfg.weakness)
                         areas = rank_weak_areas(
-                            evals[arm], lcfg.weakness, exclude_suites=sentinel_names
+                            evals[arm],
+                            lcfg.weakness,
+                            exclude_suites=sentinel_names,
+                            retired=retired,
                         )
-                        ar.weak_areas = [a for a in areas if a.selected] or areas[
-                            : lcfg.weakness.top_k
-                        ]
+                        ar.weak_areas = [a for a in areas if a.selected] or [
+                            a for a in areas if (a.suite, a.category) not in retired
+                        ][: lcfg.weakness.top_k]
                         ar.targets = [(a.suite, a.category) for a in ar.weak_areas]
                         hook.phase(
                             "Weak areas: "
                             + ", ".join(
                                 f"{s}/{c} ({a.error_rate:.0%})"
                                 for (s, c), a in zip(ar.targets, ar.weak_areas, strict=True)
+                            )
+                            + (
+                                "; retired (no gain when targeted): "
+                                + ", ".join(f"{s}/{c}" for s, c in retired)
+                                if retired
+                                else ""
                             )
                         )
                         draw = functools.partial(templated_variations, ar.targets)
@@ -726,6 +753,13 @@ def run_loop(
                     )
                     ar.gate = decision.model_dump(mode="json")
                     ar.accepted = decision.accepted
+                    if arm == "targeted":
+                        ar.stalled = {
+                            f"{s}/{c}": why
+                            for (s, c), why in stalled_targets(
+                                evals[arm], after, targets, lcfg.weakness.metric
+                            ).items()
+                        }
                     if lcfg.behavior_diff:
                         ar.diff = _behavior_diff(
                             engine_for(phases.state.current.get(arm)),

@@ -1,12 +1,28 @@
 """Weak areas: rank evaluation categories by how often and how badly the model fails.
 
 Input: per-example :class:`~selfimprove.evaluate.EvalRecord` rows of one evaluation.
-Output: :class:`WeakArea` rows, one per (suite, category), ranked by error rate (upper end
-of its Wilson interval breaks ties toward categories we are *sure* are weak) and by the
-reference answer's NLL — the users' ``perplexity_threshold`` (source 001) becomes a
-threshold on exp(mean reference NLL), the perplexity of the *gold* answer, not of the
-model's own output. Failures are classified per family: ``no_answer`` (nothing
-extractable), ``format_error`` (right answer, wrong format), ``wrong_answer``.
+Output: :class:`WeakArea` rows, one per (suite, category). Which weak areas are chosen
+(``rank_by``):
+
+* ``error``: by error rate (the lower end of its Wilson interval, so that categories we are
+  *sure* are weak come first), ties broken toward the higher gold perplexity.
+* ``learnable`` (default): by expected headroom the model is near, ``lower Wilson bound of the
+  error rate x exp(-mean reference NLL)`` — the error rate times the model's geometric-mean
+  per-token probability of the gold answer. Among categories that fail equally often it
+  picks the ones whose right answer the model already finds likely. Measured on three seeds
+  of the loop (README, "Choosing learnable targets"): word_sort_5/8, reverse_word and
+  first_letters (gold perplexity 60-150) gained nothing in any of the 18 trained models of
+  either arm, word_sort_3 (~40) at most 2 of 11 items; the ``error`` ranking, breaking
+  100%-error ties by item count and then by *higher* perplexity, chose three word-sorting
+  categories first in two of the three seeds.
+
+``retired`` areas (targets of an earlier round whose accuracy did not rise after training on
+them, see :func:`stalled_targets`) are never selected again in the run.
+
+The users' ``perplexity_threshold`` (source 001) is a threshold on exp(mean reference NLL),
+the perplexity of the *gold* answer, not of the model's own output. Failures are classified
+per family: ``no_answer`` (nothing extractable), ``format_error`` (right answer, wrong
+format), ``wrong_answer``.
 
 It does not generate data (see :mod:`selfimprove.synth`) and never looks at sentinel suites
 as targets: those guard against regressions.
@@ -16,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -44,6 +60,17 @@ class WeaknessConfig(BaseModel):
         description="Also weak if the gold answer's perplexity exp(mean ref NLL) exceeds this.",
     )
     top_k: int = Field(4, ge=1, description="At most this many weak areas per round.")
+    rank_by: Literal["learnable", "error"] = Field(
+        "learnable",
+        description="'learnable': error rate x the model's per-token probability of the gold "
+        "answer (fails, but is near the right answer); 'error': error rate alone, ties to the "
+        "higher gold perplexity.",
+    )
+    retire_stalled: bool = Field(
+        True,
+        description="Never re-select a target whose accuracy did not rise after a round of "
+        "training on it (its slot goes to the next weak area).",
+    )
     min_items: int = Field(3, ge=1, description="Ignore categories with fewer scored items.")
 
 
@@ -55,7 +82,7 @@ class WeakArea(BaseModel):
     error_ci: tuple[float, float]
     ref_perplexity: float | None
     failure_types: dict[str, int]
-    score: float  # ranking key: lower CI bound of the error rate, then perplexity
+    score: float  # ranking key (rank_by): lower CI bound of the error rate [x gold probability]
     selected: bool = False
     reason: str = ""
 
@@ -77,8 +104,10 @@ def rank_weak_areas(
     config: WeaknessConfig | None = None,
     *,
     exclude_suites: Sequence[str] = (),
+    retired: Mapping[tuple[str, str], str] | None = None,
 ) -> list[WeakArea]:
-    """All scored (suite, category) groups, weakest first; the top ones are ``selected``."""
+    """All scored (suite, category) groups, best candidates first; the top ones are
+    ``selected``. ``retired`` maps areas that may not be chosen to the reason why."""
     cfg = config or WeaknessConfig()
     groups: dict[tuple[str, str], list[EvalRecord]] = defaultdict(list)
     for r in records:
@@ -92,6 +121,10 @@ def rank_weak_areas(
         nll = [r.ref_nll for r in rs if r.ref_nll is not None and math.isfinite(r.ref_nll)]
         ppl = math.exp(sum(nll) / len(nll)) if nll else None
         lo, hi = wilson_ci(k, len(rs))
+        if cfg.rank_by == "learnable":
+            score = lo * (math.exp(-sum(nll) / len(nll)) if nll else 1.0)
+        else:
+            score = lo + (0.0 if ppl is None else min(ppl, 1e6) * 1e-9)
         areas.append(
             WeakArea(
                 suite=suite,
@@ -101,12 +134,17 @@ def rank_weak_areas(
                 error_ci=(lo, hi),
                 ref_perplexity=ppl,
                 failure_types=dict(Counter(f for f in fails if f is not None)),
-                score=lo + (0.0 if ppl is None else min(ppl, 1e6) * 1e-9),
+                score=score,
             )
         )
-    areas.sort(key=lambda a: (-a.score, -(a.ref_perplexity or 0.0), a.suite, a.category))
+    tie = -1.0 if cfg.rank_by == "error" else 1.0
+    areas.sort(key=lambda a: (-a.score, tie * (a.ref_perplexity or 0.0), a.suite, a.category))
+    retired = retired or {}
     chosen = 0
     for a in areas:
+        if (a.suite, a.category) in retired:
+            a.reason = f"retired: {retired[(a.suite, a.category)]}"
+            continue
         if a.n < cfg.min_items:
             a.reason = f"only {a.n} items"
             continue
@@ -130,3 +168,37 @@ def rank_weak_areas(
         else:
             a.reason = "not weak"
     return areas
+
+
+def stalled_targets(
+    before: Iterable[EvalRecord],
+    after: Iterable[EvalRecord],
+    targets: Sequence[tuple[str, str]],
+    metric: Metric = "extracted",
+) -> dict[tuple[str, str], str]:
+    """Targets whose solved count on the same fixed items did not rise from ``before`` (the
+    model a round started from) to ``after`` (the round's trained candidate), with the counts.
+
+    A weak learnability signal by design (one round, ~10 items per category): it only
+    retires a target that gained *nothing*; one more solved item keeps it.
+    """
+    want = set(targets)
+
+    def solved(recs: Iterable[EvalRecord]) -> dict[tuple[str, str], dict[str, bool]]:
+        out: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
+        for r in recs:
+            if (r.suite, r.category) in want and r.correct is not None:
+                out[(r.suite, r.category)][r.input_hash] = classify_failure(r, metric) is None
+        return out
+
+    b, a = solved(before), solved(after)
+    stalled = {}
+    for t in targets:
+        common = b.get(t, {}).keys() & a.get(t, {}).keys()
+        if not common:
+            continue
+        kb = sum(b[t][h] for h in common)
+        ka = sum(a[t][h] for h in common)
+        if ka <= kb:
+            stalled[t] = f"no gain after training on it ({kb}/{len(common)} -> {ka}/{len(common)})"
+    return stalled

@@ -8,13 +8,15 @@ written from the generator's own metadata keeps the steps the model needs and te
 procedure of the target family instead of its answers only.
 
 :func:`worked_solution` writes the derivation for the families whose metadata carries the
-problem (arithmetic, counting, word_sort, letters, units, tracking); other families get
-``None``. :func:`training_completion` puts it before the task's reference completion and
+problem (arithmetic, counting, word_sort, letters, units, tracking, date arithmetic); other
+families (weekday, logic) get ``None``. :func:`training_completion` puts it before the task's reference completion and
 keeps it only if the task's validator still accepts the whole completion.
 """
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 from typing import Any
 
 from selfimprove.tasks.base import Sample, Task
@@ -61,6 +63,51 @@ def _tracking(md: dict[str, Any], target: str) -> str | None:
     if target not in has:
         return None
     return " ".join(lines) + f" So {target} has the {has[target]} ball."
+
+
+def _month_days(y: int, m: int) -> int:
+    return calendar.monthrange(y, m)[1]
+
+
+def _dates(cat: str, md: dict[str, Any], target: str) -> str | None:
+    """Day-of-month arithmetic with one line per month boundary crossed (date_add_days,
+    date_sub_days, date_add_weeks); the last line names the date in ISO form.
+
+    ``None`` for week offsets that cross more than one month boundary (and day offsets
+    past two): a longer walk (~100+ tokens, digits tokenize one by one) would not fit the
+    evaluation's 96-token generation cap, so such items are trained on their answer alone."""
+    if "date" not in md or "offset" not in md:
+        return None
+    start, k = dt.date.fromisoformat(md["date"]), int(md["offset"])
+    y, m, d = start.year, start.month, start.day
+    head = ""
+    if cat == "date_add_weeks":
+        head, n, sign = f"{k} week{'s' * (k != 1)} = {k} × 7 = {7 * k} days. ", 7 * k, 1
+    elif cat in ("date_add_days", "date_sub_days"):
+        n, sign = k, (1 if cat == "date_add_days" else -1)
+    else:
+        return None
+    name = calendar.month_name
+    if sign > 0:
+        t = d + n
+        lines = [f"{head}Day {d} + {n} = {t}."]
+        while t > _month_days(y, m):
+            L = _month_days(y, m)
+            y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+            lines.append(f"{name[m - 1 or 12]} has {L} days: {t} - {L} = {t - L}, in {name[m]}.")
+            t -= L
+    else:
+        t = d - n
+        lines = [f"{head}Day {d} - {n} = {t}."]
+        while t < 1:
+            y, m = (y - 1, 12) if m == 1 else (y, m - 1)
+            L = _month_days(y, m)
+            lines.append(f"Back into {name[m]} ({L} days): {t} + {L} = {t + L}.")
+            t += L
+    end = dt.date(y, m, t).isoformat()
+    if end != target or len(lines) > (2 if head else 3):
+        return None
+    return " ".join(lines) + f" So the date is {end}."
 
 
 def worked_solution(sample: Sample) -> str | None:
@@ -112,6 +159,8 @@ def worked_solution(sample: Sample) -> str | None:
         )
     if fam == "tracking":
         return _tracking(md, target)
+    if fam == "dates":
+        return _dates(cat, md, target)
     return None
 
 
