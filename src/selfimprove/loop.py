@@ -828,6 +828,12 @@ def summarize(
         out[f"target_acc_after_{arm}"] = a
         n_ex = max((r.n_train for r in rounds if r.arm == arm and r.accepted), default=0)
         gains[arm] = ((a - b) if (a is not None and b is not None) else None, n_ex)
+    out["retired_targets"] = {
+        k: f"round {r.round}: {why}"
+        for r in rounds
+        if r.arm == "targeted" and lcfg.weakness.retire_stalled
+        for k, why in r.stalled.items()
+    }
     out["accepted_rounds"] = {
         arm: sum(r.accepted for r in rounds if r.arm == arm) for arm in lcfg.arms
     }

@@ -188,7 +188,12 @@ def render_run_report(run_dir: str | Path) -> Path:
         table_rows.append(
             "<tr>"
             f"<td>{r['round']}</td><td>{cell(r['arm'])}</td>"
-            f"<td>{cell(', '.join(f'{s}/{c}' for s, c in r.get('targets', [])))}</td>"
+            f"<td>{cell(', '.join(f'{s}/{c}' for s, c in r.get('targets', [])))}"
+            + "".join(
+                f"<br><span class='small bad'>{cell(k)}: {cell(v)}</span>"
+                for k, v in (r.get("stalled") or {}).items()
+            )
+            + "</td>"
             f"<td>{f.get('drawn', 0)} → {f.get('kept', 0)} (eval overlap −{f.get('dropped_eval_overlap', 0)}, "
             f"dup −{f.get('dropped_duplicate', 0)}, unverified −{f.get('dropped_unverified', 0)})"
             f"<br><span class='small'>self-generated: {_self_funnel(r.get('self_funnel') or {})}</span></td>"

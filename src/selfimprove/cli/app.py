@@ -317,6 +317,8 @@ def run_cmd(
         )
     console.print(t)
     s = result.summary
+    for k, why in (s.get("retired_targets") or {}).items():
+        console.print(f"Retired target {k} ({why}): not chosen again")
     arms_ = list(s.get("accepted_rounds", {}))
     ct = Table(title=f"Per-category {s.get('metric')} accuracy, % [95% CI] (* = targeted)")
     for c in ("suite", "category", "n", "before", *[f"after ({a})" for a in arms_]):
