@@ -535,3 +535,37 @@ def test_pooled_sentinels_still_reject_one_collapsed_suite():
     harm = {s.suite: s.passed for s in d.sentinels if s.kind == "no_harm"}
     assert harm["s2"] is False and all(v for k, v in harm.items() if k != "s2")
     assert any(r.startswith("rejected: significantly worse") and "s2" in r for r in d.reasons)
+
+
+def _with_other_skill(drop: float, seed: int = 1):
+    """_world() plus a non-target skill category that loses ``drop`` accuracy."""
+    before, after = _world()
+    rng = np.random.default_rng(seed)
+    x = rng.random(120) < 0.6
+    y = x & ~(rng.random(120) < drop / 0.6)
+    b, a = _binary_records("tracking", "track3", x, y, as_dict=False)
+    return before + b, after + a
+
+
+def test_collateral_harm_on_non_target_skills_is_reported_or_rejects():
+    before, after = _with_other_skill(drop=0.25)
+    d = decide(before, after, train_losses=[2.0, 1.0], **KW)
+    c = d.collateral
+    assert c is not None and c.n == 120 and c.b > 15 and c.c == 0 and c.p_less < 1e-4
+    assert d.accepted  # default 'report': shown, not gating
+    line = next(r for r in d.reasons if "non-target skills" in r)
+    assert line.startswith("warning (reported, not gating)")
+    cfg = GateConfig(collateral="reject")
+    d = decide(before, after, train_losses=[2.0, 1.0], **{**KW, "config": cfg})
+    assert not d.accepted
+    assert any(r.startswith("rejected: significantly worse, non-target skills") for r in d.reasons)
+    # null: the same category unchanged passes, in both modes
+    before, after = _with_other_skill(drop=0.0)
+    for mode in ("report", "reject"):
+        d = decide(
+            before, after, train_losses=[2.0, 1.0], **{**KW, "config": GateConfig(collateral=mode)}
+        )
+        assert d.accepted and d.collateral is not None and d.collateral.b == 0
+        assert any(r.startswith("ok (") and "non-target skills" in r for r in d.reasons)
+    d = decide(before, after, **{**KW, "config": GateConfig(collateral="off")})
+    assert d.collateral is None and not any("non-target" in r for r in d.reasons)

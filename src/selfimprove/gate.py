@@ -225,17 +225,26 @@ class GateConfig(BaseModel):
         description="Binary outcome: 'correct' (answer extracted) or 'strict' (correct and "
         "format_ok; records with format_ok None count on `correct` alone).",
     )
+    collateral: Literal["report", "reject", "off"] = Field(
+        "report",
+        description="Skill items outside the round's targets and the sentinels, pooled: an "
+        "exact one-sided McNemar test for harm. 'report' adds it to the reasons only; "
+        "'reject' also rejects a round that made them significantly worse.",
+    )
 
 
 class GateDecision(BaseModel):
     accepted: bool
     reasons: list[str] = Field(
-        description="One line per check, 'ok:' or 'rejected:', naming the test and numbers."
+        description="One line per check, 'ok…', 'warning…' (a reported-only check that "
+        "failed) or 'rejected:', naming the test and numbers."
     )
     target: TargetResult | None
     sentinels: list[SentinelResult]
     loss_ok: bool
     config: GateConfig
+    #: non-target, non-sentinel items pooled (McNemar for harm), when checked
+    collateral: PairedBinaryTest | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,6 +755,27 @@ def _target(
     )
 
 
+def _collateral(
+    pairs: list[tuple[Any, Any]],
+    target_categories: Sequence[tuple[str, str]],
+    sentinel_suites: Sequence[str],
+    config: GateConfig,
+) -> PairedBinaryTest | None:
+    """Pooled McNemar (harm) on binary items that are neither targets nor sentinels."""
+    wanted = {(str(s), str(c)) for s, c in target_categories}
+    sent = set(sentinel_suites)
+    rows = [
+        (_outcome(rb, config.metric), _outcome(ra, config.metric))
+        for rb, ra in pairs
+        if _is_binary(rb)
+        and str(_get(rb, "suite")) not in sent
+        and (str(_get(rb, "suite")), str(_get(rb, "category"))) not in wanted
+    ]
+    if not rows:
+        return None
+    return mcnemar_exact([b for b, _ in rows], [a for _, a in rows], alternative="less")
+
+
 def _binary_noninferiority(
     name: str, rows: list[tuple[Any, Any]], config: GateConfig
 ) -> SentinelResult:
@@ -968,6 +998,24 @@ def decide(
             accepted = False
             reasons.append("rejected: non-inferiority not shown, " + line)
 
+    collateral = None
+    if config.collateral != "off":
+        collateral = _collateral(pairs, target_categories, sentinel_suites, config)
+    if collateral is not None:
+        h = collateral
+        line = (
+            f"non-target skills ({config.metric}, not sentinels): exact McNemar one-sided for "
+            f"harm, n={h.n}, {h.before_rate:.3f} → {h.after_rate:.3f}, b={h.b} right→wrong, "
+            f"c={h.c} wrong→right, p={h.p_less:.3g} vs α={config.alpha:g}"
+        )
+        harmed = h.p_less <= config.alpha
+        if config.collateral == "reject" and harmed:
+            accepted = False
+            reasons.append("rejected: significantly worse, " + line)
+        else:
+            tag = "reported, not gating" if config.collateral == "report" else "no significant harm"
+            reasons.append(f"{'warning' if harmed else 'ok'} ({tag}): " + line)
+
     loss_ok, loss_line = check_losses(train_losses, config.max_loss_ratio)
     reasons.append(loss_line)
     accepted = accepted and loss_ok
@@ -979,4 +1027,5 @@ def decide(
         sentinels=sentinels,
         loss_ok=loss_ok,
         config=config,
+        collateral=collateral,
     )
