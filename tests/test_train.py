@@ -658,10 +658,18 @@ def test_ddp_two_processes_equal_single_process(tmp_path) -> None:
         "1",
         "2",
     ]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        pytest.skip("torchrun did not finish within 600 s (environment too slow)")
+    # One retry for a crash in gloo's teardown ("terminate called without an active exception",
+    # SIGABRT of a rank at exit; seen once in ~10 clean-clone suites on this 2-core box). The
+    # retry runs the same training from scratch; the equivalence checks below are unchanged.
+    for _attempt in range(2):
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.skip("torchrun did not finish within 600 s (environment too slow)")
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0 or "terminate called without an active exception" not in out:
+            break
+        cmd[cmd.index("--master_port") + 1] = str(_free_port())
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
         env_markers = (
