@@ -44,6 +44,7 @@ from selfimprove.train import (
     count_label_tokens,
     make_trainer,
     make_training_args,
+    packing_is_exact,
     train_lora,
     wrap_lora,
 )
@@ -148,14 +149,16 @@ def _sgd_cfg(bs: int, ga: int, lr: float = 0.1) -> TrainConfig:
 
 
 def _one_step_update(
-    loaded, engine, fp32_runtime, tmp_path, examples, bs, ga, trainer_cls=None, lr=0.1
+    loaded, engine, fp32_runtime, tmp_path, examples, bs, ga, trainer_cls=None, lr=0.1, pack=False
 ):
     """LoRA parameter change after training on ``examples`` (one optimizer step)."""
     dataset = _dataset(loaded, engine, examples)
     model = _lora(loaded)
     before = _lora_params(model)
     args = make_training_args(_sgd_cfg(bs, ga, lr), tmp_path / "trainer", runtime=fp32_runtime)
-    trainer = make_trainer(model, dataset, args, engine.pad_id, trainer_cls=trainer_cls)
+    trainer = make_trainer(
+        model, dataset, args, engine.pad_id, trainer_cls=trainer_cls, pack=pack
+    )
     trainer.train()
     assert trainer.state.global_step == 1
     after = _lora_params(model)
@@ -431,6 +434,102 @@ def test_weights_change_the_update_and_zero_equals_dropping(
     assert d_zero <= TOL
     assert d_zero_ga <= TOL
     assert _max_diff(base, drop) > 1000 * TOL  # dropping an example matters at all
+
+
+# ---------------------------------------------------------------------------- packing
+def _mixed_examples() -> list[TrainExample]:
+    """Different lengths, weights (one muted) and two KL anchors."""
+    spec = ((1.0, False), (2.0, True), (0.0, False), (0.5, True))
+    return [
+        e.model_copy(update={"weight": w, "anchor": a})
+        for e, (w, a) in zip(EXAMPLES, spec, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_packed_batch_equals_padded_loss_and_grads(name, fp32_runtime, tmp_path) -> None:
+    """One packed row (no padding) gives the padded batch's loss and gradients, with
+    weights, a muted example and KL anchors (whose reference forward is packed too)."""
+    lm = load_model(name, n_layers=2, seed=0)
+    eng = Engine(lm, runtime=fp32_runtime)
+    ds = build_dataset(_mixed_examples(), lm.tokenizer, eng.format_prompt, max_length=64)
+    feats = [ds[i] for i in range(len(ds))]
+    padded = WeightedCollator(eng.pad_id)(feats)
+    packed = WeightedCollator(eng.pad_id, pack=True)(feats)
+    lengths = [len(f["input_ids"]) for f in feats]
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    assert padded["input_ids"].numel() > sum(lengths)  # the padded batch does carry padding
+    assert int(count_label_tokens(packed["labels"])) == int(count_label_tokens(padded["labels"]))
+    model = _lora(lm)  # random B: anchors have a non-zero KL
+    model.eval()  # GPT-2 has dropout: compare the deterministic forward (grads still flow)
+    trainer = make_trainer(
+        model, ds, make_training_args(_sgd_cfg(4, 1), tmp_path, runtime=fp32_runtime), eng.pad_id
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = count_label_tokens(padded["labels"])
+    a = trainer.compute_loss(model, padded, num_items_in_batch=n)
+    g_a = torch.autograd.grad(a, params)
+    b = trainer.compute_loss(model, packed, num_items_in_batch=n)
+    g_b = torch.autograd.grad(b, params)
+    grad_diff = max(float((x - y).abs().max()) for x, y in zip(g_a, g_b, strict=True))
+    print(f"\n{name} packed vs padded: loss {b.item():.6f} vs {a.item():.6f}, grad {grad_diff:.1e}")
+    assert a.item() > 0.1
+    assert abs(a.item() - b.item()) <= 1e-5
+    assert grad_diff <= 1e-5
+    # the control: without restarting position ids the rows see each other and it differs
+    leaky = {**packed, "position_ids": torch.arange(sum(lengths)).unsqueeze(0)}
+    c = trainer.compute_loss(model, leaky, num_items_in_batch=n)
+    assert abs(c.item() - a.item()) > 1e-3
+
+
+def test_packed_bs1_ga4_and_bs4_equal_padded_bs4(loaded, engine, fp32_runtime, tmp_path) -> None:
+    ex = _mixed_examples()
+    run = _one_step_update
+    padded, loss_padded = run(loaded, engine, fp32_runtime, tmp_path / "a", ex, 4, 1)
+    packed, loss_packed = run(loaded, engine, fp32_runtime, tmp_path / "b", ex, 4, 1, pack=True)
+    ga, _ = run(loaded, engine, fp32_runtime, tmp_path / "c", ex, 1, 4, pack=True)
+    d_pack, d_ga = _max_diff(padded, packed), _max_diff(padded, ga)
+    print(f"\npacked bs4 vs padded bs4 {d_pack:.1e}; packed bs1xGA4 vs padded bs4 {d_ga:.1e}")
+    assert _max_abs(padded) > 1e-2
+    assert d_pack <= 1e-5
+    assert d_ga <= 1e-5
+    assert loss_packed == pytest.approx(loss_padded, abs=1e-5)
+
+
+class _IgnoresPositions(torch.nn.Module):
+    """A model whose forward drops ``position_ids`` (packed rows would attend to each other)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, position_ids=None, **kw):
+        return self.inner(input_ids=input_ids, **kw)
+
+
+def test_packing_check_passes_real_attention_and_fails_one_that_ignores_positions(loaded):
+    assert packing_is_exact(loaded.model)
+    lora = _lora(loaded)  # in training mode
+    assert packing_is_exact(lora)
+    assert lora.training  # the check restored the mode
+    assert not packing_is_exact(_IgnoresPositions(loaded.model))
+
+
+def test_train_lora_packs_by_default_and_falls_back(loaded, fp32_runtime, tmp_path, monkeypatch):
+    res = train_lora(loaded, EXAMPLES, TrainConfig(epochs=1, batch_size=4), tmp_path / "a")
+    assert res.packed
+    import selfimprove.train.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "packing_is_exact", lambda model: False)
+    res = train_lora(loaded, EXAMPLES, TrainConfig(epochs=1, batch_size=4), tmp_path / "b")
+    assert not res.packed
+    res = train_lora(
+        loaded, EXAMPLES, TrainConfig(epochs=1, batch_size=4, pack=False), tmp_path / "c"
+    )
+    assert not res.packed
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -81,6 +81,7 @@ __all__ = [
     "count_label_tokens",
     "make_trainer",
     "make_training_args",
+    "packing_is_exact",
     "train_lora",
     "weighted_causal_lm_loss",
     "wrap_lora",
@@ -163,6 +164,16 @@ class TrainConfig(BaseModel):
         "seed-1 loop round 1 +2.3 vs +10.2 pts in random order). Off: uniformly random order.",
     )
 
+    pack: bool = Field(
+        True,
+        description="Concatenate each micro-batch's examples into one row without padding "
+        "(position ids restart per example; transformers then masks attention "
+        "block-diagonally): the same examples in the same steps and the same loss up to float "
+        "rounding, with no compute spent on pad tokens (loop data: ~1.5x faster training). "
+        "Checked once per run against the padded forward on the model itself; a model whose "
+        "attention ignores packed position ids falls back to padding with a warning.",
+    )
+
     @field_validator("weight_clip")
     @classmethod
     def _check_clip(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -195,6 +206,7 @@ class TrainResult(BaseModel):
     base_model: str = ""
     base_weights_hash: str = ""
     runtime: dict[str, Any] = Field(default_factory=dict)
+    packed: bool = Field(False, description="Micro-batches were packed (TrainConfig.pack).")
 
 
 # ---------------------------------------------------------------------------- data
@@ -288,20 +300,33 @@ def build_dataset(
 
 
 class WeightedCollator:
-    """Right-pads ``input_ids`` (pad id), ``labels`` (-100) and builds ``attention_mask``.
+    """Batches tokenized rows: right-padded (default) or packed into one row.
 
-    Returns tensors ``input_ids``/``labels``/``attention_mask`` of shape ``(B, T)`` and
-    ``weight`` of shape ``(B,)`` (float32) and ``anchor`` of shape ``(B,)`` (bool, see
-    :attr:`TrainExample.anchor`). Right padding needs no position ids: real tokens
-    keep positions ``0..len-1``. Rows with weight 0 get all labels ``-100``, so a muted
-    example does not count in the normaliser ``N`` either: weight 0 is exactly the same as
-    leaving the example out.
+    Padded: ``input_ids``/``labels``/``attention_mask`` of shape ``(B, T)``, pad id and
+    ``-100`` after each row's end. Right padding needs no position ids: real tokens keep
+    positions ``0..len-1``.
+
+    Packed (``pack=True``): the rows concatenated into ``input_ids``/``labels`` of shape
+    ``(1, S)``, ``S = Σ len``, with ``position_ids`` restarting at 0 for every row (no
+    ``attention_mask``: transformers builds the block-diagonal causal mask from the position
+    ids) and ``segments`` ``(1, S)`` = the row index of each token. The first label of every
+    row is ``-100``, so no token is predicted across a row boundary and ``labels[..., 1:]``
+    counts exactly the targets of the padded layout (the same normaliser ``N``).
+
+    Both add ``weight`` ``(B,)`` (float32) and ``anchor`` ``(B,)`` (bool, see
+    :attr:`TrainExample.anchor`). Rows with weight 0 get all labels ``-100``, so a muted
+    example does not count in ``N`` either: weight 0 is exactly the same as leaving it out.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, *, pack: bool = False) -> None:
         self.pad_token_id = int(pad_token_id)
+        self.pack = pack
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        weights = torch.tensor([float(f.get("weight", 1.0)) for f in features])  # (B,)
+        anchor = torch.tensor([bool(f.get("anchor", False)) for f in features])  # (B,)
+        if self.pack:
+            return {**self._packed(features), "weight": weights, "anchor": anchor}
         width = max(len(f["input_ids"]) for f in features)
         n = len(features)
         ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)  # (B, T)
@@ -313,14 +338,34 @@ class WeightedCollator:
             if float(f.get("weight", 1.0)) != 0.0:
                 labels[r, :k] = torch.as_tensor(f["labels"], dtype=torch.long)
             attn[r, :k] = 1
-        weights = torch.tensor([float(f.get("weight", 1.0)) for f in features])  # (B,)
-        anchor = torch.tensor([bool(f.get("anchor", False)) for f in features])  # (B,)
         return {
             "input_ids": ids,
             "labels": labels,
             "attention_mask": attn,
             "weight": weights,
             "anchor": anchor,
+        }
+
+    @staticmethod
+    def _packed(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        seg: list[int] = []
+        for r, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids += f["input_ids"]
+            if float(f.get("weight", 1.0)) != 0.0:
+                labels += [IGNORE_INDEX, *f["labels"][1:]]
+            else:
+                labels += [IGNORE_INDEX] * k
+            pos += range(k)
+            seg += [r] * k
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),  # (1, S)
+            "labels": torch.tensor([labels], dtype=torch.long),  # (1, S)
+            "position_ids": torch.tensor([pos], dtype=torch.long),  # (1, S)
+            "segments": torch.tensor([seg], dtype=torch.long),  # (1, S)
         }
 
 
@@ -337,6 +382,7 @@ def weighted_causal_lm_loss(
     num_items: torch.Tensor | int | float,
     anchor: torch.Tensor | None = None,
     ref_logits: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Σ_i w_i Σ_t m_it · ℓ_it / num_items`` for a causal LM (logits at t predict t+1).
 
@@ -345,12 +391,17 @@ def weighted_causal_lm_loss(
     token costs the same normaliser slot as a supervised one.
 
     Args:
-        logits: ``(B, T, V)``; upcast to float32 (as the built-in loss does).
-        labels: ``(B, T)`` with ``-100`` where there is no target.
+        logits: ``(B, T, V)``, or ``(1, S, V)`` packed; upcast to float32 (as the built-in
+            loss does).
+        labels: ``(B, T)`` (or ``(1, S)``) with ``-100`` where there is no target.
         weights: ``(B,)`` per-example weights, or ``None`` for all 1.
         num_items: the normaliser ``N`` (label tokens over the whole optimizer step).
-        anchor: ``(B,)`` bool, rows whose loss is the KL to ``ref_logits``; ``None`` = none.
-        ref_logits: ``(b, T, V)`` reference logits of the anchor rows only (in row order).
+        anchor: ``(B,)`` bool, examples whose loss is the KL to ``ref_logits``; ``None`` = none.
+        ref_logits: reference logits of the anchor examples only: padded ``(b, T, V)`` (the
+            anchor rows in row order), packed ``(1, S_a, V)`` (the anchor examples' tokens in
+            sequence order, as :func:`_anchor_tokens` selects them).
+        segments: ``(1, S)`` example index of every token when the batch is packed
+            (:class:`WeightedCollator` with ``pack=True``); ``None`` = padded rows.
     """
     shift_logits = logits[:, :-1, :].float()  # (B, T-1, V)
     shift_labels = labels[:, 1:].to(shift_logits.device)  # (B, T-1)
@@ -360,21 +411,69 @@ def weighted_causal_lm_loss(
         ignore_index=IGNORE_INDEX,
         reduction="none",
     ).view(shift_labels.shape)  # (B, T-1), 0 where ignored
-    per_example = nll.sum(dim=1)  # (B,)
-    if anchor is not None and bool(anchor.any()):
-        if ref_logits is None:
-            raise ValueError("anchor rows need ref_logits")
-        rows = anchor.to(per_example.device).nonzero().squeeze(1)  # (b,)
-        log_p = F.log_softmax(shift_logits[rows], dim=-1)  # (b, T-1, V)
-        log_q = F.log_softmax(ref_logits[:, :-1, :].float().to(log_p.device), dim=-1)
-        kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # (b, T-1)
-        kl = (kl * (shift_labels[rows] != IGNORE_INDEX)).sum(dim=1)  # (b,)
-        per_example = per_example.index_put((rows,), kl)
+    has_anchor = anchor is not None and bool(anchor.any())
+    if has_anchor and ref_logits is None:
+        raise ValueError("anchor rows need ref_logits")
+    if segments is not None:
+        per_example = _packed_per_example(
+            shift_logits, shift_labels, nll, segments, weights, anchor, ref_logits
+        )
+    else:
+        per_example = nll.sum(dim=1)  # (B,)
+        if has_anchor:
+            assert anchor is not None and ref_logits is not None
+            rows = anchor.to(per_example.device).nonzero().squeeze(1)  # (b,)
+            log_p = F.log_softmax(shift_logits[rows], dim=-1)  # (b, T-1, V)
+            log_q = F.log_softmax(ref_logits[:, :-1, :].float().to(log_p.device), dim=-1)
+            kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # (b, T-1)
+            kl = (kl * (shift_labels[rows] != IGNORE_INDEX)).sum(dim=1)  # (b,)
+            per_example = per_example.index_put((rows,), kl)
     if weights is not None:
         per_example = per_example * weights.to(per_example.device, per_example.dtype)
     if isinstance(num_items, torch.Tensor):
         num_items = num_items.to(per_example.device)
     return per_example.sum() / num_items
+
+
+def _anchor_tokens(segments: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """``(S,)`` bool: the packed tokens that belong to anchor examples."""
+    return anchor.to(segments.device)[segments[0]]
+
+
+def _packed_per_example(
+    shift_logits: torch.Tensor,
+    shift_labels: torch.Tensor,
+    nll: torch.Tensor,
+    segments: torch.Tensor,
+    weights: torch.Tensor | None,
+    anchor: torch.Tensor | None,
+    ref_logits: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per-example sums ``(B,)`` of the token losses of a packed ``(1, S)`` batch.
+
+    The target at position ``t + 1`` belongs to example ``segments[t + 1]``; the collator set
+    every example's first label to ``-100``, so a counted target's context ``t`` is in the same
+    example and, for anchor examples, ``t`` is also a position of the anchor-only reference
+    sequence (its index there = the number of anchor tokens before it).
+    """
+    seg = segments[0, 1:].to(nll.device)  # (S-1,) example of each target
+    if weights is not None:
+        n_ex = weights.numel()
+    elif anchor is not None:
+        n_ex = anchor.numel()
+    else:
+        n_ex = int(segments.max()) + 1
+    tok = nll[0]  # (S-1,)
+    if anchor is not None and bool(anchor.any()):
+        assert ref_logits is not None
+        in_anchor = _anchor_tokens(segments, anchor).to(nll.device)  # (S,)
+        use = (in_anchor[1:] & (shift_labels[0] != IGNORE_INDEX)).nonzero().squeeze(1)  # (k,)
+        ref_row = torch.cumsum(in_anchor.long(), 0) - 1  # (S,) index in the anchor sequence
+        log_p = F.log_softmax(shift_logits[0, use], dim=-1)  # (k, V)
+        log_q = F.log_softmax(ref_logits[0, ref_row[use]].float().to(log_p.device), dim=-1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # (k,)
+        tok = tok.index_put((use,), kl)
+    return torch.zeros(n_ex, dtype=tok.dtype, device=tok.device).index_add(0, seg, tok)
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler[int]):
@@ -480,17 +579,29 @@ class WeightedTrainer(Trainer):
         labels = inputs.pop("labels")
         weights = inputs.pop("weight", None)
         anchor = inputs.pop("anchor", None)
+        segments = inputs.pop("segments", None)
+        if segments is not None:
+            inputs["use_cache"] = False  # with a cache transformers ignores the packing
         outputs = model(**inputs)  # no labels: skip the built-in loss
         ref_logits = None
         if anchor is not None and bool(anchor.any()):
             # the reference = the same network with the adapter switched off (frozen base)
             peft_model = self.accelerator.unwrap_model(model)
-            rows = anchor.nonzero().squeeze(1)
+            if segments is not None:  # the anchor examples' tokens, still packed
+                keep = _anchor_tokens(segments, anchor)
+                ref_in = {
+                    "input_ids": inputs["input_ids"][:, keep],
+                    "position_ids": inputs["position_ids"][:, keep],
+                    "use_cache": False,
+                }
+            else:
+                rows = anchor.nonzero().squeeze(1)
+                ref_in = {
+                    "input_ids": inputs["input_ids"][rows],
+                    "attention_mask": inputs["attention_mask"][rows],
+                }
             with torch.no_grad(), peft_model.disable_adapter():
-                ref_logits = peft_model(
-                    input_ids=inputs["input_ids"][rows],
-                    attention_mask=inputs["attention_mask"][rows],
-                ).logits
+                ref_logits = peft_model(**ref_in).logits
         if num_items_in_batch is None:
             # Evaluation or a direct call: normalise by this batch alone.
             n = count_label_tokens(labels).clamp(min=1)
@@ -499,7 +610,9 @@ class WeightedTrainer(Trainer):
             n = num_items_in_batch
             # DDP averages gradients over processes while N is global: undo the average.
             scale = self.accelerator.num_processes
-        loss = weighted_causal_lm_loss(outputs.logits, labels, weights, n, anchor, ref_logits)
+        loss = weighted_causal_lm_loss(
+            outputs.logits, labels, weights, n, anchor, ref_logits, segments
+        )
         if scale != 1:
             loss = loss * scale
         return (loss, outputs) if return_outputs else loss
@@ -582,19 +695,53 @@ def make_trainer(
     callbacks: Sequence[Any] = (),
     trainer_cls: type[WeightedTrainer] | None = None,
     group_by_length: bool = False,
+    pack: bool = False,
 ) -> WeightedTrainer:
-    """A :class:`WeightedTrainer` (or ``trainer_cls``) without transformers' stdout printer."""
+    """A :class:`WeightedTrainer` (or ``trainer_cls``) without transformers' stdout printer.
+
+    ``pack``: micro-batches packed into one row (:class:`WeightedCollator`); check the model
+    with :func:`packing_is_exact` first.
+    """
     trainer = (trainer_cls or WeightedTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=WeightedCollator(pad_token_id),
+        data_collator=WeightedCollator(pad_token_id, pack=pack),
         callbacks=list(callbacks),
     )
     # disable_tqdm=True swaps the progress bar for PrinterCallback, which print()s every log.
     trainer.remove_callback(PrinterCallback)
     trainer.group_by_length = group_by_length
     return trainer
+
+
+def packing_is_exact(model: Any, *, lengths: Sequence[int] = (5, 9, 7), seed: int = 0) -> bool:
+    """Whether ``model`` gives packed rows the logits it gives them one at a time.
+
+    Runs random token rows of ``lengths`` alone and packed into one row with restarting
+    ``position_ids`` (fp32, no grad, eval mode; the training mode is restored). A model whose
+    attention ignores packed position ids (so later rows see earlier ones) fails this by
+    orders of magnitude more than the tolerance.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    rows = [torch.randint(0, vocab, (1, k), generator=gen) for k in lengths]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = torch.cat([model(input_ids=r, use_cache=False).logits.float() for r in rows], 1)
+            packed = model(
+                input_ids=torch.cat(rows, 1),
+                position_ids=torch.cat([torch.arange(k) for k in lengths]).unsqueeze(0),
+                use_cache=False,
+            ).logits.float()
+    finally:
+        model.train(was_training)
+    err = float((alone - packed).abs().max())
+    scale = max(1.0, float(alone.abs().max()))
+    log.debug("packing check: max |packed - alone| = %.2e (scale %.1f)", err, scale)
+    return err <= 1e-4 * scale
 
 
 def _training_items(examples: Sequence[TrainExample]) -> list[Sample]:
@@ -739,6 +886,13 @@ def train_lora(
     set_seed(cfg.seed)  # LoRA A init is random
     model = wrap_lora(copy.deepcopy(loaded.model), cfg)
     model.train()
+    pack = cfg.pack and packing_is_exact(model)
+    if cfg.pack and not pack:
+        log.warning(
+            "%s does not attend within packed rows exactly (its attention ignores restarting "
+            "position ids); training on padded batches instead.",
+            loaded.name,
+        )
     world = _world_size()
     scratch = Path(tempfile.mkdtemp(prefix="selfimprove-trainer-"))  # Trainer's output_dir
     try:
@@ -751,6 +905,7 @@ def train_lora(
             engine.pad_id,
             callbacks=[callback],
             group_by_length=cfg.group_by_length,
+            pack=pack,
         )
         with torch.enable_grad():
             trainer.train()
@@ -780,6 +935,7 @@ def train_lora(
             base_model=loaded.name,
             base_weights_hash=loaded.weights_hash,
             runtime={**runtime.describe(), "world_size": world},
+            packed=pack,
         )
         result.seconds = time.perf_counter() - t0
         if trainer.is_world_process_zero():
