@@ -72,6 +72,7 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
         assert r.train["n_anchor_text"] == 3
         assert r.train["n_examples"] + r.train["n_dropped"] == r.n_train + 3
         assert r.train["n_anchor"] == r.train["n_examples"] - r.n_train
+        assert r.train["n_earlier"] == 12 * (r.round - 1)  # rows accumulated before this round
     # learnability: a round-1 target that solved no more items is never targeted again
     r1t, r2t = res.rounds[0], res.rounds[2]
 
@@ -93,6 +94,24 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     assert res.summary["targets"]
     info = RunStore(store).get_run(res.run_id)
     assert info.status == "completed" and info.kind == "run"
+
+
+def test_earlier_rounds_rows_get_fewer_passes():
+    from selfimprove.loop import _schedule_passes
+    from selfimprove.train import TrainConfig, TrainExample
+
+    ex = [TrainExample(prompt=f"q{i}", completion="a", id=f"e{i}") for i in range(5)]
+    earlier = [True, True, False, False, False]
+    cfg = TrainConfig(epochs=3)
+    out, run_cfg = _schedule_passes(ex, earlier, cfg, 1)
+    assert run_cfg.epochs == 1 and cfg.epochs == 3  # one shuffled epoch over the copies
+    counts = {e.id: sum(o.id == e.id for o in out) for e in ex}
+    assert counts == {"e0": 1, "e1": 1, "e2": 3, "e3": 3, "e4": 3}
+    assert _schedule_passes(ex, earlier, cfg, 2)[0].count(ex[0]) == 2
+    # no earlier rows, passes >= epochs, or None: unchanged (epochs kept)
+    for args in ((ex, [False] * 5, cfg, 1), (ex, earlier, cfg, 3), (ex, earlier, cfg, None)):
+        same, same_cfg = _schedule_passes(*args)
+        assert same == ex and same_cfg.epochs == 3
 
 
 def test_no_training_example_is_an_evaluation_item(full_run):

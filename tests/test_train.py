@@ -156,9 +156,7 @@ def _one_step_update(
     model = _lora(loaded)
     before = _lora_params(model)
     args = make_training_args(_sgd_cfg(bs, ga, lr), tmp_path / "trainer", runtime=fp32_runtime)
-    trainer = make_trainer(
-        model, dataset, args, engine.pad_id, trainer_cls=trainer_cls, pack=pack
-    )
+    trainer = make_trainer(model, dataset, args, engine.pad_id, trainer_cls=trainer_cls, pack=pack)
     trainer.train()
     assert trainer.state.global_step == 1
     after = _lora_params(model)

@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,9 @@ from selfimprove.synth.self_generated import normalize_text
 from selfimprove.synth.worked import training_completion
 from selfimprove.tasks.suites import anchor_passages
 from selfimprove.weakness import WeakArea, WeaknessConfig, rank_weak_areas, stalled_targets
+
+if TYPE_CHECKING:
+    from selfimprove.train import TrainConfig, TrainExample
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,15 @@ class LoopConfig(BaseModel):
         description="Templated completions carry a short verified derivation before the "
         "'Answer:' line (selfimprove.synth.worked) where the family has one; off: 'Answer: X' "
         "only, which taught the model to drop its working and cost sentinel_math accuracy.",
+    )
+    earlier_data_passes: int | None = Field(
+        1,
+        ge=1,
+        description="Passes over earlier rounds' rows in a round's training. Every round "
+        "retrains from the base model on all accumulated data; this round's new rows, the "
+        "replay rows and the text anchors get train.epochs passes, rows from earlier rounds "
+        "this many (in one shuffled epoch), so training time grows with the new data "
+        "rather than with the round number. null = train.epochs passes for every row.",
     )
     behavior_diff: int = Field(
         0,
@@ -229,6 +241,27 @@ def _train_row(
         "source": source,
         "round": rnd,
     }
+
+
+def _schedule_passes(
+    examples: list[TrainExample],
+    earlier: list[bool],
+    cfg: TrainConfig,
+    earlier_passes: int | None,
+) -> tuple[list[TrainExample], TrainConfig]:
+    """The examples to train on and the config to train them with.
+
+    With ``earlier_passes`` below ``cfg.epochs`` (and any earlier rows), every example appears
+    ``cfg.epochs`` times, or ``earlier_passes`` times where ``earlier`` is set, and the result
+    is trained for one epoch (one shuffle over all copies, one learning-rate schedule).
+    Otherwise the examples and ``cfg`` are returned unchanged.
+    """
+    if earlier_passes is None or earlier_passes >= cfg.epochs or not any(earlier):
+        return examples, cfg
+    out: list[TrainExample] = []
+    for ex, old in zip(examples, earlier, strict=True):
+        out += [ex] * (earlier_passes if old else cfg.epochs)
+    return out, cfg.model_copy(update={"epochs": 1})
 
 
 def _replay_phase(
@@ -708,11 +741,24 @@ def run_loop(
                         batch_size=gen.batch_size,
                         system_prompt=cfg.model.system_prompt,
                     )
-                    hook.phase(f"Training LoRA on {len(examples)} examples")
+                    earlier = [int(r.get("round", rnd)) < rnd for r in rows]
+                    earlier += [False] * (len(examples) - len(rows))  # replay, text anchors
+                    passes, round_cfg = _schedule_passes(
+                        examples, earlier, train_cfg, lcfg.earlier_data_passes
+                    )
+                    hook.phase(
+                        f"Training LoRA on {len(examples)} examples"
+                        + (
+                            f" ({sum(earlier)} from earlier rounds × {lcfg.earlier_data_passes}"
+                            f" pass, the rest × {train_cfg.epochs})"
+                            if len(passes) != len(examples) * round_cfg.epochs
+                            else ""
+                        )
+                    )
                     res = train_lora(
                         base,
-                        examples,
-                        train_cfg,
+                        passes,
+                        round_cfg,
                         adapter_dir,
                         runtime=runtime,
                         never_train=registry,
@@ -721,6 +767,8 @@ def run_loop(
                     )
                     ar.train = {
                         **res.model_dump(mode="json"),
+                        "n_distinct": len(examples),
+                        "n_earlier": sum(earlier),
                         "n_replay": len(replay_now),
                         "n_anchor_text": min(lcfg.anchor_text, len(anchor_passages())),
                     }
