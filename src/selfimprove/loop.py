@@ -751,7 +751,7 @@ def run_loop(
                         + (
                             f" ({sum(earlier)} from earlier rounds × {lcfg.earlier_data_passes}"
                             f" pass, the rest × {train_cfg.epochs})"
-                            if len(passes) != len(examples) * round_cfg.epochs
+                            if round_cfg.epochs != train_cfg.epochs
                             else ""
                         )
                     )
