@@ -96,22 +96,35 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     assert info.status == "completed" and info.kind == "run"
 
 
-def test_earlier_rounds_rows_get_fewer_passes():
+def test_earlier_rounds_rows_get_fewer_passes_and_a_fixed_sample():
     from selfimprove.loop import _schedule_passes
     from selfimprove.train import TrainConfig, TrainExample
 
-    ex = [TrainExample(prompt=f"q{i}", completion="a", id=f"e{i}") for i in range(5)]
-    earlier = [True, True, False, False, False]
+    ex = [TrainExample(prompt=f"q{i}", completion="a", id=f"e{i}") for i in range(6)]
+    earlier = [True, True, True, False, False, False]
     cfg = TrainConfig(epochs=3)
-    out, run_cfg = _schedule_passes(ex, earlier, cfg, 1)
+    out, run_cfg, n_old = _schedule_passes(ex, earlier, cfg, 1)
     assert run_cfg.epochs == 1 and cfg.epochs == 3  # one shuffled epoch over the copies
     counts = {e.id: sum(o.id == e.id for o in out) for e in ex}
-    assert counts == {"e0": 1, "e1": 1, "e2": 3, "e3": 3, "e4": 3}
+    assert counts == {"e0": 1, "e1": 1, "e2": 1, "e3": 3, "e4": 3, "e5": 3} and n_old == 3
     assert _schedule_passes(ex, earlier, cfg, 2)[0].count(ex[0]) == 2
-    # no earlier rows, passes >= epochs, or None: unchanged (epochs kept)
-    for args in ((ex, [False] * 5, cfg, 1), (ex, earlier, cfg, 3), (ex, earlier, cfg, None)):
-        same, same_cfg = _schedule_passes(*args)
-        assert same == ex and same_cfg.epochs == 3
+    # a cap on earlier rows: a seeded sample of that many, each with its passes
+    capped, _, n_old = _schedule_passes(ex, earlier, cfg, 1, 2, seed_key="s")
+    used = {o.id for o in capped} & {"e0", "e1", "e2"}
+    assert n_old == 2 and len(used) == 2 and len(capped) == 2 + 9
+    assert capped == _schedule_passes(ex, earlier, cfg, 1, 2, seed_key="s")[0]  # seeded
+    draws = {
+        frozenset({o.id for o in _schedule_passes(ex, earlier, cfg, 1, 2, seed_key=k)[0]})
+        for k in "abcdefgh"
+    }
+    assert len(draws) > 1  # a fresh draw per round key
+    # the cap alone (passes = epochs) also applies
+    only_cap, c_cfg, _ = _schedule_passes(ex, earlier, cfg, None, 1, seed_key="s")
+    assert c_cfg.epochs == 1 and len(only_cap) == 3 + 9
+    # nothing to change: unchanged (same objects, epochs kept)
+    for args in ((ex, [False] * 6, cfg, 1), (ex, earlier, cfg, 3, 3), (ex, earlier, cfg, None)):
+        same, same_cfg, _ = _schedule_passes(*args)
+        assert same == ex and same_cfg is cfg
 
 
 def test_no_training_example_is_an_evaluation_item(full_run):

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import random
 import signal
 import time
 from collections import defaultdict
@@ -120,6 +121,13 @@ class LoopConfig(BaseModel):
         "replay rows and the text anchors get train.epochs passes, rows from earlier rounds "
         "this many (in one shuffled epoch), so training time grows with the new data "
         "rather than with the round number. null = train.epochs passes for every row.",
+    )
+    earlier_data_rows: int | None = Field(
+        128,
+        ge=0,
+        description="At most this many of the earlier rounds' rows in a round's training, "
+        "drawn afresh each round (seeded); with earlier_data_passes this keeps the training "
+        "cost of every round after the first the same (a fixed step budget). null = all.",
     )
     behavior_diff: int = Field(
         0,
@@ -248,20 +256,30 @@ def _schedule_passes(
     earlier: list[bool],
     cfg: TrainConfig,
     earlier_passes: int | None,
-) -> tuple[list[TrainExample], TrainConfig]:
-    """The examples to train on and the config to train them with.
+    earlier_rows: int | None = None,
+    *,
+    seed_key: str = "",
+) -> tuple[list[TrainExample], TrainConfig, int]:
+    """The examples to train on, the config to train them with, and how many earlier rows.
 
-    With ``earlier_passes`` below ``cfg.epochs`` (and any earlier rows), every example appears
-    ``cfg.epochs`` times, or ``earlier_passes`` times where ``earlier`` is set, and the result
-    is trained for one epoch (one shuffle over all copies, one learning-rate schedule).
-    Otherwise the examples and ``cfg`` are returned unchanged.
+    Rows not marked ``earlier`` get ``cfg.epochs`` passes. Rows marked ``earlier`` (from
+    earlier rounds) get ``earlier_passes`` (``None`` = ``cfg.epochs``), and when there are more
+    than ``earlier_rows`` of them only a random ``earlier_rows`` (seeded by ``seed_key``) are
+    used. When that changes anything, every example is repeated by its pass count and the
+    result is trained for one epoch (one shuffle over all copies, one learning-rate schedule);
+    otherwise ``examples`` and ``cfg`` come back unchanged.
     """
-    if earlier_passes is None or earlier_passes >= cfg.epochs or not any(earlier):
-        return examples, cfg
+    old = [i for i, e in enumerate(earlier) if e]
+    keep = set(old)
+    if earlier_rows is not None and len(old) > earlier_rows:
+        keep = set(random.Random(f"earlier:{seed_key}").sample(old, earlier_rows))
+    passes = cfg.epochs if earlier_passes is None else min(earlier_passes, cfg.epochs)
+    if not old or (passes == cfg.epochs and len(keep) == len(old)):
+        return examples, cfg, len(old)
     out: list[TrainExample] = []
-    for ex, old in zip(examples, earlier, strict=True):
-        out += [ex] * (earlier_passes if old else cfg.epochs)
-    return out, cfg.model_copy(update={"epochs": 1})
+    for i, (ex, is_old) in enumerate(zip(examples, earlier, strict=True)):
+        out += [ex] * ((passes if i in keep else 0) if is_old else cfg.epochs)
+    return out, cfg.model_copy(update={"epochs": 1}), len(keep)
 
 
 def _replay_phase(
@@ -743,15 +761,21 @@ def run_loop(
                     )
                     earlier = [int(r.get("round", rnd)) < rnd for r in rows]
                     earlier += [False] * (len(examples) - len(rows))  # replay, text anchors
-                    passes, round_cfg = _schedule_passes(
-                        examples, earlier, train_cfg, lcfg.earlier_data_passes
+                    passes, round_cfg, n_old = _schedule_passes(
+                        examples,
+                        earlier,
+                        train_cfg,
+                        lcfg.earlier_data_passes,
+                        lcfg.earlier_data_rows,
+                        seed_key=f"{lcfg.seed}:{tag}",
                     )
                     hook.phase(
-                        f"Training LoRA on {len(examples)} examples"
+                        f"Training LoRA on {len(examples) - sum(earlier) + n_old} examples"
                         + (
-                            f" ({sum(earlier)} from earlier rounds × {lcfg.earlier_data_passes}"
-                            f" pass, the rest × {train_cfg.epochs})"
-                            if round_cfg.epochs != train_cfg.epochs
+                            f" ({n_old} of {sum(earlier)} earlier rounds' rows × "
+                            f"{lcfg.earlier_data_passes or train_cfg.epochs}, "
+                            f"the rest × {train_cfg.epochs})"
+                            if round_cfg is not train_cfg
                             else ""
                         )
                     )
@@ -769,6 +793,7 @@ def run_loop(
                         **res.model_dump(mode="json"),
                         "n_distinct": len(examples),
                         "n_earlier": sum(earlier),
+                        "n_earlier_used": n_old,
                         "n_replay": len(replay_now),
                         "n_anchor_text": min(lcfg.anchor_text, len(anchor_passages())),
                     }
