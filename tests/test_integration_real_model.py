@@ -188,3 +188,5 @@ def test_real_loop_one_round_both_arms(tmp_path):
         col = ar.gate["collateral"]
         assert col is not None and col["n"] > 0
         assert any("non-target skills" in x for x in ar.gate["reasons"])
+        # SmolLM2 passed the packing check, so training ran on packed batches
+        assert ar.train["packed"] is True
