@@ -127,6 +127,16 @@ def test_earlier_rounds_rows_get_fewer_passes_and_a_fixed_sample():
         assert same == ex and same_cfg is cfg
 
 
+def test_accepted_rounds_rows_are_not_thinned():
+    from selfimprove.loop import LoopConfig, _earlier_flags
+
+    rows = [{"round": 1}, {"round": 2}, {"round": 2}, {"round": 3}, {}]
+    assert _earlier_flags(rows, 3) == [True, True, True, False, False]
+    # round 2 was accepted: its rows train like round 3's; rejected round 1 stays thinned
+    assert _earlier_flags(rows, 3, {2}) == [True, False, False, False, False]
+    assert LoopConfig().keep_accepted_rows is False  # opt-in (one loop run so far)
+
+
 def test_no_training_example_is_an_evaluation_item(full_run):
     store, res = full_run
     registry = NeverTrainRegistry.load(store / "never_train.json")

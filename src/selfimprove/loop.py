@@ -129,6 +129,13 @@ class LoopConfig(BaseModel):
         "drawn afresh each round (seeded); with earlier_data_passes this keeps the training "
         "cost of every round after the first the same (a fixed step budget). null = all.",
     )
+    keep_accepted_rows: bool = Field(
+        False,
+        description="Rows added by earlier *accepted* rounds of the arm get train.epochs "
+        "passes and are never capped by earlier_data_rows; only rejected rounds' rows are "
+        "thinned, so a candidate is not trained on less of what the accepted model learned "
+        "from. Costs training time once a round is accepted.",
+    )
     behavior_diff: int = Field(
         0,
         ge=0,
@@ -280,6 +287,19 @@ def _schedule_passes(
     for i, (ex, is_old) in enumerate(zip(examples, earlier, strict=True)):
         out += [ex] * ((passes if i in keep else 0) if is_old else cfg.epochs)
     return out, cfg.model_copy(update={"epochs": 1}), len(keep)
+
+
+def _earlier_flags(
+    rows: Sequence[dict[str, Any]], rnd: int, keep_rounds: set[int] | frozenset[int] = frozenset()
+) -> list[bool]:
+    """Which training rows count as "earlier" in round ``rnd`` (thinned by
+    :func:`_schedule_passes`): rows added before ``rnd``, except rows of ``keep_rounds`` (the
+    arm's accepted rounds under ``keep_accepted_rows``), which train like this round's rows."""
+    out = []
+    for r in rows:
+        k = int(r.get("round", rnd))
+        out.append(k < rnd and k not in keep_rounds)
+    return out
 
 
 def _replay_phase(
@@ -759,7 +779,16 @@ def run_loop(
                         batch_size=gen.batch_size,
                         system_prompt=cfg.model.system_prompt,
                     )
-                    earlier = [int(r.get("round", rnd)) < rnd for r in rows]
+                    accepted_rounds = (
+                        {
+                            r.round
+                            for r in phases.state.rounds
+                            if r.arm == arm and r.accepted and r.round < rnd
+                        }
+                        if lcfg.keep_accepted_rows
+                        else set()
+                    )
+                    earlier = _earlier_flags(rows, rnd, accepted_rounds)
                     earlier += [False] * (len(examples) - len(rows))  # replay, text anchors
                     passes, round_cfg, n_old = _schedule_passes(
                         examples,
@@ -772,7 +801,8 @@ def run_loop(
                     hook.phase(
                         f"Training LoRA on {len(examples) - sum(earlier) + n_old} examples"
                         + (
-                            f" ({n_old} of {sum(earlier)} earlier rounds' rows × "
+                            f" ({n_old} of {sum(earlier)} earlier "
+                            f"{'rejected ' if lcfg.keep_accepted_rows else ''}rounds' rows × "
                             f"{lcfg.earlier_data_passes or train_cfg.epochs}, "
                             f"the rest × {train_cfg.epochs})"
                             if round_cfg is not train_cfg

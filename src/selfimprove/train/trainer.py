@@ -132,7 +132,13 @@ class TrainConfig(BaseModel):
         description="Modules to adapt: 'all-linear' (every linear layer but the output head) "
         "or a list of module-name suffixes such as ['q_proj', 'v_proj'].",
     )
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(
+        1e-3,
+        gt=0,
+        description="Peak learning rate. 1e-3 (was 2e-4): on the embedded model one round of "
+        "128 targeted rows lifted 4 weak categories 3 -> 29 of 96 fresh items at 1e-3 and "
+        "3 -> 10 at 2e-4 (bench/targeted_vs_uniform.py); general-text NLL did not rise.",
+    )
     epochs: int = Field(2, ge=1, description="Passes over the training set.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
