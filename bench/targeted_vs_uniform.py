@@ -60,7 +60,7 @@ def main() -> None:
         items += [(su, task, x) for x in xs]
     for suite in resolve_suites(["sentinels"]):
         if suite.name == "sentinel_math":
-            items += [(suite.name, t, x) for t in suite.tasks for x in t.samples(8, 777)]
+            items += [(suite.name, t, x) for t in suite.tasks for x in t.samples(32, 777)]
 
     def solved(adapter: str | None) -> dict[str, tuple[int, int]]:
         lm = base
@@ -83,9 +83,9 @@ def main() -> None:
         for i, (p, c) in enumerate(anchor_passages()[:40])
     ]
     data = {
-        "targeted": templated_variations(cats, args.n, seed_key="bench-t", registry=registry)[0],
+        "targeted": templated_variations(cats, args.n, seed_key="probe-t", registry=registry)[0],
         "uniform": random_control_samples(
-            args.n, seed_key="bench-u", registry=registry, suites=skills
+            args.n, seed_key="probe-r", registry=registry, suites=skills
         )[0],
     }
     columns: dict[str, dict[str, tuple[int, int]]] = {"base": solved(None)}
