@@ -23,8 +23,8 @@ import time
 
 from selfimprove.config import GenerationConfig
 from selfimprove.engine import Engine
-from selfimprove.evaluate import evaluate_items, plan_items, resolve_suites
-from selfimprove.loop import LoopConfig
+from selfimprove.evaluate import evaluate_items
+from selfimprove.loop import LoopConfig, evaluation_plan
 from selfimprove.models import attach_adapter, load_model
 from selfimprove.runtime import resolve_runtime
 
@@ -37,9 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     lcfg = LoopConfig(seed=args.seed)
-    plan = plan_items(resolve_suites(lcfg.skill_suites), lcfg.eval_n, lcfg.seed) + plan_items(
-        resolve_suites(lcfg.sentinel_suites), lcfg.sentinel_n, lcfg.seed
-    )
+    _skills, _sentinels, plan = evaluation_plan(lcfg)
     items = [(su.name, t, x) for su, t, xs in plan for x in xs]
     uncapped = [(s, dataclasses.replace(t, max_new_tokens=None), x) for s, t, x in items]
 

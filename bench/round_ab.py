@@ -1,6 +1,6 @@
 """A/B of one loop round: retrain a stored round's training set under variants, side by side.
 
-Rebuilds the training set of one round/arm of a finished `selfimprove run` as loop.py does
+Rebuilds the training set of one round/arm of a finished `selfimprove run` as the loop does
 (accumulated data + replay rows outside the round's targets as KL anchors + text anchors),
 trains it once per variant (``grouped:SEED`` = length-grouped steps, ``random:SEED`` = random
 order; SEED = LoRA/data seed), and scores each adapter on the run's fixed target items,
@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 from selfimprove.engine import Engine
-from selfimprove.evaluate import evaluate_items, plan_items, resolve_suites
-from selfimprove.loop import LoopConfig, _with_adapter
+from selfimprove.evaluate import evaluate_items, is_solved, plan_items, resolve_suites
+from selfimprove.loop import LoopConfig, with_adapter
 from selfimprove.models import load_model
 from selfimprove.runtime import resolve_runtime
-from selfimprove.tasks.suites import anchor_passages
-from selfimprove.train import TrainConfig, TrainExample, train_lora
+from selfimprove.store import RunStore
+from selfimprove.synth import assemble
+from selfimprove.train import train_lora
 
 run = Path(sys.argv[1])
 tag = sys.argv[2]  # e.g. r2_targeted
@@ -32,24 +33,14 @@ ar = next(r for r in state["rounds"] if r["round"] == rnd and r["arm"] == arm)
 targets = {tuple(t) for t in ar["targets"]}
 cfg = json.loads((run / "config.json").read_text())
 lcfg = LoopConfig(**cfg["loop"])
-rows = [json.loads(x) for x in (run / f"data_{tag}.jsonl").read_text().splitlines() if x]
-replay = [json.loads(x) for x in (run / "replay.jsonl").read_text().splitlines() if x]
+store = RunStore(run.parent.parent)
+rows = assemble.from_records(store.read_records(run.name, f"data_{tag}.jsonl"))
+replay = assemble.from_records(store.read_records(run.name, "replay.jsonl"))
 tcats = {c for _s, c in targets}
-examples = [
-    TrainExample(prompt=r["prompt"], completion=r["completion"], source=arm, id=r["id"])
-    for r in rows
-]
-examples += [
-    TrainExample(
-        prompt=r["prompt"], completion=r["completion"], source="replay", id=r["id"], anchor=True
-    )
-    for r in replay
-    if r["category"] not in tcats
-]
-examples += [
-    TrainExample(prompt=p, completion=c, source="anchor", id=f"anchor/{i}", anchor=True)
-    for i, (p, c) in enumerate(anchor_passages()[: lcfg.anchor_text])
-]
+# the loop's own assembly (selfimprove.loop.phases.train), without the pass schedule
+examples = assemble.round_examples(
+    rows, [r for r in replay if r.category not in tcats], lcfg.anchor_text, replay_as_anchor=True
+)
 print(tag, "examples", len(examples), "targets", sorted(targets), flush=True)
 
 rt = resolve_runtime(None, "auto")
@@ -72,8 +63,8 @@ def score(lm):
     sm = [r for r in recs if r.suite == "sentinel_math"]
     nll = [r.ref_nll for r in recs if r.suite == "general_nll"]
     return (
-        sum(bool(r.correct) for r in tgt) / len(tgt),
-        sum(bool(r.correct) for r in sm) / len(sm),
+        sum(is_solved(r, "correct") for r in tgt) / len(tgt),
+        sum(is_solved(r, "correct") for r in sm) / len(sm),
         sum(nll) / len(nll),
     )
 
@@ -82,11 +73,11 @@ t0, s0, n0 = score(base)
 print(f"base       target {t0:.3f} sentinel_math {s0:.3f} general_nll {n0:.4f}", flush=True)
 for v in variants:
     mode, seed = v.split(":")
-    tc = TrainConfig(seed=int(seed), group_by_length=mode == "grouped", **lcfg.train)
+    tc = lcfg.train.model_copy(update={"seed": int(seed), "group_by_length": mode == "grouped"})
     t = time.time()
     res = train_lora(base, examples, tc, out / v.replace(":", "_"), runtime=rt)
     secs = time.time() - t
-    lm = _with_adapter(base, str(out / v.replace(":", "_")))
+    lm = with_adapter(base, str(out / v.replace(":", "_")))
     tv, sv, nv = score(lm)
     print(
         f"{v:10s} train {secs:.0f}s loss {res.final_loss:.3f}  target {tv:.3f} "

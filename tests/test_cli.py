@@ -188,3 +188,36 @@ def test_ctrl_c_marks_run_interrupted_and_keeps_records(tmp_path):
     assert status == "interrupted"
     lines = files[0].read_text().splitlines()
     assert lines and all(json.loads(x)["sample_id"] for x in lines)
+
+
+def test_runs_list_and_show_find_the_store_the_config_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runs list/show` resolve the store like every command: --store > store.root > default."""
+    from typer.testing import CliRunner
+
+    from selfimprove.cli import app
+    from selfimprove.cli.app import console
+    from selfimprove.store import RunStore
+
+    with RunStore(tmp_path / "yaml_store").track(
+        "eval", config={}, seed=0, model="m", provenance={}
+    ) as run:
+        pass
+    (tmp_path / "selfimprove.yaml").write_text("store:\n  root: yaml_store\n")
+    (tmp_path / "other.yaml").write_text("store:\n  root: other_store\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(console, "width", 200)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list"])
+    assert listed.exit_code == 0 and "Runs in yaml_store" in listed.output, listed.output
+    assert run.id in listed.output and "completed" in listed.output
+    shown = runner.invoke(app, ["runs", "show", run.id[:15]])
+    assert shown.exit_code == 0 and run.id in shown.output, shown.output
+    elsewhere = runner.invoke(app, ["runs", "list", "--store", "elsewhere"])
+    assert "No runs in elsewhere" in elsewhere.output  # the flag wins over the file
+    other = runner.invoke(app, ["runs", "list", "--config", "other.yaml"])
+    assert "No runs in other_store" in other.output
+    (tmp_path / "selfimprove.yaml").unlink()
+    default = runner.invoke(app, ["runs", "list"])
+    assert "No runs in selfimprove_runs" in default.output

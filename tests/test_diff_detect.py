@@ -334,3 +334,119 @@ def test_suite_regions_cover_every_category_evenly() -> None:
     assert len(letters.items) == 10 and all(it.region == "letters" for it in letters.items)
     cats = Counter(it.task.category for it in letters.items)
     assert set(cats) == {t.category for t in suites[0].tasks} and max(cats.values()) <= 3
+
+
+# ---- run lifecycle and the diff: config section ------------------------------------------------
+
+
+def test_failed_diff_run_is_marked_failed_with_its_error(
+    base, regions, fp32_runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfimprove.diff import run as diff_run
+    from selfimprove.store import RunStore
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("screen exploded")
+
+    monkeypatch.setattr(diff_run, "detect_changes", boom)
+    with pytest.raises(RuntimeError, match="screen exploded"):
+        diff_run.run_diff(
+            base.loaded, base.loaded, regions, CFG, store_root=tmp_path, runtime=fp32_runtime
+        )
+    (run,) = RunStore(tmp_path).list_runs()
+    assert run.kind == "diff" and run.status == "failed"
+    assert run.error == "RuntimeError: screen exploded" and run.finished_at is not None
+
+
+def test_planted_benchmark_whose_model_fails_to_load_is_marked_failed(tmp_path: Path) -> None:
+    """The model used to load after the run was created and outside its try: a bad model
+    left the run `running` forever."""
+    from selfimprove.diff.planted import PlantedConfig, run_planted_benchmark
+    from selfimprove.errors import ModelLoadError
+    from selfimprove.store import RunStore
+
+    cfg = PlantedConfig(model=str(tmp_path / "no_such_model"), suites=["letters"])
+    with pytest.raises(ModelLoadError):
+        run_planted_benchmark(cfg, [0], store_root=tmp_path / "s")
+    (run,) = RunStore(tmp_path / "s").list_runs()
+    assert run.kind == "bench-planted" and run.status == "failed"
+    assert run.error is not None and run.error.startswith("ModelLoadError: ")
+
+
+class _Stop(Exception):
+    """Raised by a fake run_diff once it has seen its arguments."""
+
+
+def _diff_cli_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_text: str, *flags: str
+) -> dict:
+    """What `selfimprove diff A B FLAGS` passes to run_diff, with `yaml_text` in ./selfimprove.yaml."""
+    from typer.testing import CliRunner
+
+    from selfimprove.cli import app
+    from selfimprove.diff import run as diff_run
+
+    seen: dict = {}
+
+    def fake_build_regions(*args: object) -> list:
+        seen["build_regions"] = args
+        return []
+
+    def fake_run_diff(a: object, b: object, regions: object, cfg: DiffConfig, **kw: object):
+        seen.update(cfg=cfg, **kw)
+        raise _Stop
+
+    monkeypatch.setattr(diff_run, "load_pair", lambda *args: (None, None))
+    monkeypatch.setattr(diff_run, "build_regions", fake_build_regions)
+    monkeypatch.setattr(diff_run, "run_diff", fake_run_diff)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "selfimprove.yaml").write_text(yaml_text)
+    r = CliRunner().invoke(app, ["diff", "tiny-llama", "tiny-llama", *flags])
+    assert isinstance(r.exception, _Stop), r.output
+    return seen
+
+
+def test_diff_reads_its_section_of_the_config_file_and_flags_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yaml_text = (
+        "diff:\n  q: 0.05\n  budget: 50\n  kl_margin: 0.2\n  suites: [logic]\n"
+        "  regions: suite\n  explore: 2\nstore:\n  root: from_yaml\n"
+    )
+    seen = _diff_cli_arguments(tmp_path, monkeypatch, yaml_text, "--budget", "7")
+    cfg = seen["cfg"]
+    assert type(cfg) is DiffConfig  # the run stores the detector's settings only
+    assert cfg.q == 0.05 and cfg.kl_margin == 0.2  # from the file
+    assert cfg.budget == 7  # the flag wins
+    assert cfg.n_per_region == DiffConfig().n_per_region  # neither: the default
+    suites, prompts, n_per_region, seed, by, cluster = seen["build_regions"]
+    assert suites == ["logic"] and prompts is None and by == "suite" and cluster == "auto"
+    assert seen["explore"] == 2 and seen["store_root"] == "from_yaml"
+
+
+def test_diff_without_a_config_file_keeps_its_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfimprove.diff.run_config import DEFAULT_REGION_SUITES
+    from selfimprove.store import DEFAULT_ROOT
+
+    seen = _diff_cli_arguments(tmp_path, monkeypatch, "{}\n", "--q", "0.2")
+    assert seen["cfg"] == DiffConfig(q=0.2)
+    assert seen["build_regions"][0] == DEFAULT_REGION_SUITES
+    assert seen["build_regions"][4] == "category"
+    assert seen["store_root"] == str(DEFAULT_ROOT) and seen["explore"] == 0
+
+
+def test_unknown_or_invalid_diff_key_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    from selfimprove.config import load_config
+    from selfimprove.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("diff:\n  q: 0.05\n  budgte: 3\n")
+    with pytest.raises(ConfigError, match=r"diff\.budgte: unknown key"):
+        load_config(path)
+    path.write_text("diff:\n  fdr: storey\n")
+    with pytest.raises(ConfigError, match=r"diff\.fdr"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"(?s)command-line options.*diff\.regions: Input"):
+        load_config(None, {"diff": {"regions": "cluster"}})

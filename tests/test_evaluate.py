@@ -6,7 +6,6 @@ import math
 import random
 
 import pytest
-from statsmodels.stats.proportion import proportion_confint
 
 from selfimprove.config import load_config
 from selfimprove.evaluate import (
@@ -14,6 +13,7 @@ from selfimprove.evaluate import (
     ProgressHook,
     aggregate,
     evaluate_task,
+    is_solved,
     run_evaluation,
     wilson_ci,
 )
@@ -38,13 +38,6 @@ def _gen(rng: random.Random, i: int) -> Sample:
 
 
 TASK = Task(name="add", category="add", validator=_echo_validator, generator=_gen)
-
-
-def test_wilson_matches_statsmodels():
-    for k, n in [(0, 10), (3, 10), (10, 10), (37, 300), (1, 1)]:
-        lo, hi = wilson_ci(k, n)
-        slo, shi = proportion_confint(k, n, alpha=0.05, method="wilson")
-        assert lo == pytest.approx(slo, abs=1e-9) and hi == pytest.approx(shi, abs=1e-9)
 
 
 def test_generate_mode_records_are_complete_and_deterministic(tiny_llama):
@@ -127,6 +120,45 @@ def test_aggregate_counts_and_intervals():
     assert m.accuracy_ci == pytest.approx(wilson_ci(3, 10))
     assert m.ref_nll == pytest.approx(4.5)
     assert m.ref_nll_ci[0] < 4.5 < m.ref_nll_ci[1]
+
+
+@pytest.mark.parametrize(
+    ("correct", "format_ok", "solved_correct", "solved_strict"),
+    [
+        (True, True, True, True),
+        (True, False, True, False),
+        (True, None, True, True),  # no format to check: counts on `correct` alone
+        (False, True, False, False),
+        (None, True, False, False),  # unscored is never solved
+        (None, None, False, False),
+    ],
+)
+def test_is_solved_on_records_dict_rows_and_scores(
+    correct, format_ok, solved_correct, solved_strict
+):
+    rec = EvalRecord(
+        suite="s",
+        task="t",
+        category="c",
+        sample_id="0",
+        input_hash="h",
+        mode="generate",
+        target="1",
+        correct=correct,
+        format_ok=format_ok,
+    )
+    row = rec.model_dump(mode="json")
+    for r in (rec, row):
+        assert is_solved(r, "correct") is solved_correct
+        assert is_solved(r, "strict") is solved_strict
+    if correct is not None and format_ok is not None:
+        score = Score(correct=correct, format_ok=format_ok, extracted=None)
+        assert (is_solved(score, "correct"), is_solved(score, "strict")) == (
+            solved_correct,
+            solved_strict,
+        )
+    with pytest.raises(ValueError, match="unknown metric"):
+        is_solved(rec, "extracted")  # type: ignore[arg-type]
 
 
 class _InterruptAfter(ProgressHook):

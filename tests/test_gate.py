@@ -12,17 +12,13 @@ import math
 import numpy as np
 import pytest
 from scipy import optimize, stats
-from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
-from statsmodels.stats.multitest import multipletests
 
 from selfimprove.evaluate import EvalRecord
 from selfimprove.gate import (
     GateConfig,
+    check_losses,
     decide,
-    holm,
-    mcnemar_exact,
     min_noninferiority_n,
-    newcombe_paired_ci,
     noninferiority_binary,
     noninferiority_binary_power,
     noninferiority_mean,
@@ -49,90 +45,6 @@ def sim_cells(n: int, q_b: float, q_c: float, rng: np.random.Generator):
     b, c, rest = rng.multinomial(n, [q_b, q_c, 1 - q_b - q_c])
     both = int(rng.binomial(rest, 0.5))
     return table_to_pairs(both, int(b), int(c), int(rest) - both)
-
-
-# ----------------------------------------------------------------------------- McNemar
-
-
-@pytest.mark.parametrize(
-    "table",
-    [(50, 10, 20, 40), (30, 0, 7, 10), (12, 9, 9, 3), (5, 25, 3, 70), (100, 1, 0, 0), (8, 0, 0, 2)],
-)
-def test_mcnemar_matches_statsmodels_and_binomtest(table):
-    n_both, b, c, n_neither = table
-    before, after = table_to_pairs(*table)
-    res = mcnemar_exact(before, after, alternative="greater")
-    sm = sm_mcnemar([[n_both, b], [c, n_neither]], exact=True)
-    assert res.b == b and res.c == c and res.n == sum(table)
-    assert res.p_two_sided == pytest.approx(sm.pvalue, rel=1e-12, abs=1e-15)
-    if b + c:
-        assert res.p_greater == pytest.approx(stats.binomtest(c, b + c, 0.5, "greater").pvalue)
-        assert res.p_less == pytest.approx(stats.binomtest(c, b + c, 0.5, "less").pvalue)
-    else:
-        assert res.p_greater == res.p_two_sided == 1.0
-    assert res.p_value == res.p_greater
-    assert res.delta == pytest.approx((c - b) / sum(table))
-    assert res.delta_ci[0] <= res.delta <= res.delta_ci[1]
-
-
-def test_mcnemar_rejects_bad_input():
-    with pytest.raises(ValueError, match="length"):
-        mcnemar_exact([True, False], [True])
-    with pytest.raises(ValueError, match="no paired"):
-        mcnemar_exact([], [])
-
-
-def _null_pair(n: int, rng: np.random.Generator):
-    # Items differ in difficulty; before and after are exchangeable (no effect).
-    p = rng.beta(2, 3, size=n)
-    return rng.random(n) < p, rng.random(n) < p
-
-
-def test_mcnemar_size_under_null():
-    rng = np.random.default_rng(0)
-    reps = 1000
-    rate = np.mean([mcnemar_exact(*_null_pair(200, rng)).p_greater <= ALPHA for _ in range(reps)])
-    print(f"McNemar one-sided size, n=200, {reps} null sets: {rate:.3f}")
-    assert rate <= mc_bound(ALPHA, reps)
-
-
-def test_mcnemar_power_for_15_point_gain():
-    rng = np.random.default_rng(1)
-    reps = 500
-    # Hardest case for a paired test: before and after independent (most discordance).
-    rate = np.mean(
-        [
-            mcnemar_exact(rng.random(200) < 0.40, rng.random(200) < 0.55).p_greater <= ALPHA
-            for _ in range(reps)
-        ]
-    )
-    print(f"McNemar power, 40%→55% on 200 items (independent): {rate:.3f}")
-    assert rate >= 0.80
-
-
-@pytest.mark.parametrize(
-    ("n", "p_before", "p_after", "rho"),
-    [(200, 0.4, 0.55, 0.0), (200, 0.4, 0.4, 0.5), (100, 0.1, 0.05, 0.3), (60, 0.9, 0.95, 0.2)],
-)
-def test_newcombe_ci_coverage(n, p_before, p_after, rho):
-    rng = np.random.default_rng(2)
-    reps = 800
-    zb, za = stats.norm.ppf(p_before), stats.norm.ppf(p_after)
-    hits = 0
-    for _ in range(reps):
-        z = rng.standard_normal((n, 2))
-        z[:, 1] = rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]
-        lo, hi = mcnemar_exact(z[:, 0] < zb, z[:, 1] < za).delta_ci
-        hits += lo <= p_after - p_before <= hi
-    cov = hits / reps
-    print(f"Newcombe 95% coverage n={n} {p_before}→{p_after} rho={rho}: {cov:.3f}")
-    assert cov >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / reps)
-
-
-def test_newcombe_degenerate_tables_are_finite_and_ordered():
-    for table in [(0, 0, 0, 10), (10, 0, 0, 0), (0, 5, 0, 0), (0, 0, 5, 0)]:
-        lo, hi = newcombe_paired_ci(*table)
-        assert -1 <= lo <= hi <= 1
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -296,11 +208,6 @@ def test_noninferiority_mean_zero_variance():
     assert not noninferiority_mean([1.0] * 5, [1.1] * 5, 0.05, higher_is_better=False).non_inferior
 
 
-def test_holm_matches_statsmodels():
-    p = [0.01, 0.04, 0.03, 0.2, 0.001, 0.04]
-    assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
-
-
 # ----------------------------------------------------------------------------- decide()
 
 
@@ -422,6 +329,80 @@ def test_decide_rejects_bad_losses(losses, fragment):
     d = decide(before, after, train_losses=losses, **KW)
     assert not d.accepted and not d.loss_ok
     assert any(fragment in r for r in d.reasons)
+
+
+@pytest.mark.parametrize(
+    ("losses", "ok"),
+    [
+        ([0.0, 0.92, 0.46], True),  # first step all KL anchors (exactly 0), then NLL rows
+        ([0.0, 0.0, 0.3, 0.2], True),
+        ([0.0, 0.3, 0.95], False),  # diverged against the first non-zero loss
+        ([0.0, 0.0], True),  # nothing but zero-KL anchors: nothing moved, nothing diverged
+        ([2.0, 1.0, 6.5], False),
+    ],
+)
+def test_loss_check_compares_with_the_first_nonzero_loss(losses, ok):
+    """Regression: "Training diverged (losses [0.0, 0.92, 0.46])" fired because last > 3 × 0."""
+    passed, line = check_losses(losses, 3.0)
+    assert passed is ok, line
+    if losses[0] == 0.0 and any(losses):
+        assert "first non-zero" in line
+
+
+def _small_target_world(c: int):
+    """One 20-item target category: ``c`` items wrong→right, none right→wrong."""
+    x = np.zeros(20, dtype=bool)
+    x[:8] = True
+    y = x.copy()
+    y[8 : 8 + c] = True
+    return _binary_records("t", "cat", x, y, as_dict=True)
+
+
+def test_target_test_bootstrap_is_honoured():
+    # 4 of 20 items fixed, none broken: exact McNemar p = 0.5**4 = 0.0625 misses α = 0.05;
+    # the bootstrap of the mean gain (0.2, se ≈ 0.09) gives p ≈ P(Bin(20, 0.2) ≥ 8) ≈ 0.03.
+    before, after = _small_target_world(4)
+    kw = dict(target_categories=[("t", "cat")], sentinel_suites=[])
+    mc = decide(before, after, config=GateConfig(), **kw)
+    assert mc.target is not None and mc.target.bootstrap is None
+    assert mc.target.pooled.p_greater == pytest.approx(0.0625)
+    assert not mc.accepted
+    cfg = GateConfig(target_test="bootstrap", bootstrap_seed=3)
+    bs = decide(before, after, config=cfg, **kw)
+    assert bs.target is not None and bs.target.bootstrap is not None
+    ref = paired_bootstrap(
+        [float(r["correct"]) for r in before],
+        [float(r["correct"]) for r in after],
+        n_boot=cfg.bootstrap_samples,
+        seed=3,
+        alternative="greater",
+    )
+    assert bs.target.bootstrap == ref and ref.p_value < 0.05
+    assert bs.accepted and bs.target.significant, bs.reasons
+    assert "paired bootstrap" in bs.reasons[0] and f"p={ref.p_value:.3g}" in bs.reasons[0]
+    # No gain at all: the bootstrap rejects too (its p-value is 1).
+    before, after = _small_target_world(0)
+    assert not decide(before, after, config=cfg, **kw).accepted
+
+
+def test_gate_metric_reads_the_old_spelling_extracted():
+    assert GateConfig(metric="extracted").metric == "correct"  # type: ignore[arg-type]
+    assert GateConfig(metric="strict").metric == "strict"
+    with pytest.raises(ValueError):
+        GateConfig(metric="accuracy")  # type: ignore[arg-type]
+
+
+def test_strict_metric_counts_missing_format_on_correct_alone():
+    before, after = _binary_records("t", "cat", [False] * 30, [True] * 30, as_dict=True)
+    for r in after:
+        r["format_ok"] = None  # no format to check
+    kw = dict(target_categories=[("t", "cat")], sentinel_suites=[])
+    d = decide(before, after, config=GateConfig(metric="strict"), **kw)
+    assert d.target is not None and d.target.pooled.c == 30 and d.accepted
+    for r in after:
+        r["format_ok"] = False
+    d = decide(before, after, config=GateConfig(metric="strict"), **kw)
+    assert d.target is not None and d.target.pooled.c == 0 and not d.accepted
 
 
 def test_decide_rejects_without_target_gain():

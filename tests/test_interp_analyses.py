@@ -262,3 +262,99 @@ def test_cli_interp_end_to_end_and_errors(tmp_path: Path) -> None:
     assert bad_adapter.returncode != 0 and "adapter_config.json" in bad_adapter.stderr
     no_adapter = _cli("interp", "lora", "--model", "tiny-llama", cwd=tmp_path)
     assert no_adapter.returncode != 0 and "--adapter" in no_adapter.stderr
+
+
+def test_run_interp_whose_analysis_fails_is_marked_failed(
+    loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run used to be created only after the analysis succeeded: a crash left no trace."""
+    from selfimprove.interp import dispatch
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("hook exploded")
+
+    monkeypatch.setattr(dispatch, "run_analysis", boom)
+    store = RunStore(tmp_path)
+    with pytest.raises(RuntimeError, match="hook exploded"):
+        run_interp("heads", loaded, suites=["arithmetic"], n=4, store=store)
+    (run,) = store.list_runs()
+    assert run.kind == "interp" and run.status == "failed"
+    assert run.error == "RuntimeError: hook exploded" and run.finished_at is not None
+    assert run.config["analysis"] == "heads" and run.config["n"] == 4
+
+
+def test_run_interp_without_a_store_writes_nothing(
+    loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = run_interp("attention", loaded, suites=["arithmetic"], n=4)
+    assert res.rows and res.run_id is None and res.run_dir is None and res.report is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def _interp_cli_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_text: str, *flags: str
+) -> dict[str, Any]:
+    """What `selfimprove interp heads FLAGS` passes on, with `yaml_text` in ./selfimprove.yaml."""
+    from typer.testing import CliRunner
+
+    import selfimprove.interp as interp
+    from selfimprove.cli import app
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(model: str, adapter: str | None) -> Any:
+        seen.update(model=model, adapter=adapter)
+        return type("Loaded", (), {"name": model})()
+
+    def fake_run(analysis: str, loaded: Any, **kwargs: Any) -> None:
+        seen.update(analysis=analysis, **kwargs)
+        raise Stop
+
+    monkeypatch.setattr(interp, "load_for_interp", fake_load)
+    monkeypatch.setattr(interp, "run_interp", fake_run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "selfimprove.yaml").write_text(yaml_text)
+    r = CliRunner().invoke(app, ["interp", "heads", *flags])
+    assert type(r.exception).__name__ == "Stop", r.output
+    return seen
+
+
+def test_interp_reads_its_section_of_the_config_file_and_flags_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yaml_text = (
+        "model:\n  name: tiny-gpt2\ninterp:\n  suites: [word_sort, logic]\n  n: 5\n"
+        "  seed: 3\n  label_by: category\nstore:\n  root: from_yaml\n"
+    )
+    seen = _interp_cli_arguments(tmp_path, monkeypatch, yaml_text, "--seed", "7", "-m", "tiny-llama")
+    assert seen["suites"] == ["word_sort", "logic"] and seen["n"] == 5  # from the file
+    assert seen["label_by"] == "category" and seen["control_suites"] == ["general_nll"]
+    assert seen["seed"] == 7 and seen["model"] == "tiny-llama"  # the flags win
+    assert seen["store"].root == Path("from_yaml")
+
+
+def test_interp_without_a_config_file_keeps_its_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfimprove.store import DEFAULT_ROOT
+
+    seen = _interp_cli_arguments(tmp_path, monkeypatch, "{}\n", "--suites", "logic")
+    assert seen["suites"] == ["logic"] and seen["n"] is None and seen["seed"] == 0
+    assert seen["label_by"] is None and seen["model"] == "embedded" and seen["adapter"] is None
+    assert seen["store"].root == DEFAULT_ROOT
+
+
+def test_unknown_or_invalid_interp_key_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    from selfimprove.config import load_config
+    from selfimprove.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("interp:\n  suites: [logic]\n  analysis: heads\n")
+    with pytest.raises(ConfigError, match=r"interp\.analysis: unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"interp\.label_by"):
+        load_config(None, {"interp": {"label_by": "layer"}})

@@ -64,15 +64,16 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     assert {(r["suite"], r["category"]) for r in rows} <= set(map(tuple, r1.targets))
     # each round is judged by the gate and explained
     for r in res.rounds:
-        assert r.gate["reasons"] and isinstance(r.accepted, bool)
+        assert r.gate is not None and r.gate.reasons and isinstance(r.accepted, bool)
         # the detector checked every candidate against its arm's model (reported, not gating)
-        assert r.diff["line"] in r.gate["reasons"] and "behavior diff" in r.diff["line"]
-        assert r.diff["samples_per_model"] >= 0
+        assert r.diff is not None and r.train is not None
+        assert r.diff.line in r.gate.reasons and "behavior diff" in r.diff.line
+        assert r.diff.samples_per_model >= 0
         # + 3 general-text anchors (KL to the base), in both arms
-        assert r.train["n_anchor_text"] == 3
-        assert r.train["n_examples"] + r.train["n_dropped"] == r.n_train + 3
-        assert r.train["n_anchor"] == r.train["n_examples"] - r.n_train
-        assert r.train["n_earlier"] == 12 * (r.round - 1)  # rows accumulated before this round
+        assert r.train.n_anchor_text == 3
+        assert r.train.n_examples + r.train.n_dropped == r.n_train + 3
+        assert r.train.n_anchor == r.train.n_examples - r.n_train
+        assert r.train.n_earlier == 12 * (r.round - 1)  # rows accumulated before this round
     # learnability: a round-1 target that solved no more items is never targeted again
     r1t, r2t = res.rounds[0], res.rounds[2]
 
@@ -91,13 +92,13 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     assert not {f"{s}/{c}" for s, c in r2t.targets} & set(r1t.stalled)
     assert not any(r.stalled for r in res.rounds if r.arm == "random")
     assert (run_dir / "report.html").is_file()
-    assert res.summary["targets"]
+    assert res.summary.targets
     info = RunStore(store).get_run(res.run_id)
     assert info.status == "completed" and info.kind == "run"
 
 
 def test_earlier_rounds_rows_get_fewer_passes_and_a_fixed_sample():
-    from selfimprove.loop import _schedule_passes
+    from selfimprove.synth.assemble import schedule_passes as _schedule_passes
     from selfimprove.train import TrainConfig, TrainExample
 
     ex = [TrainExample(prompt=f"q{i}", completion="a", id=f"e{i}") for i in range(6)]
@@ -128,12 +129,14 @@ def test_earlier_rounds_rows_get_fewer_passes_and_a_fixed_sample():
 
 
 def test_accepted_rounds_rows_are_not_thinned():
-    from selfimprove.loop import LoopConfig, _earlier_flags
+    from selfimprove.loop import LoopConfig
+    from selfimprove.synth.assemble import earlier_flags
+    from selfimprove.train import TrainExample
 
-    rows = [{"round": 1}, {"round": 2}, {"round": 2}, {"round": 3}, {}]
-    assert _earlier_flags(rows, 3) == [True, True, True, False, False]
+    rows = [TrainExample(prompt="q", completion="a", round=k) for k in (1, 2, 2, 3, 3)]
+    assert earlier_flags(rows, 3) == [True, True, True, False, False]
     # round 2 was accepted: its rows train like round 3's; rejected round 1 stays thinned
-    assert _earlier_flags(rows, 3, {2}) == [True, False, False, False, False]
+    assert earlier_flags(rows, 3, {2}) == [True, False, False, False, False]
     assert LoopConfig().keep_accepted_rows is False  # opt-in (one loop run so far)
 
 
@@ -225,32 +228,32 @@ def test_efficiency_recovers_planted_gains_with_bootstrap_cis():
     tgt = _recs([i % 10 in (0, 1, 2, 3, 4) for i in range(n)])  # 50%: +40 pts
     rnd = _recs([i % 10 in (0, 1) for i in range(n)])  # 20%: +10 pts
     other = _recs([True] * n, cat="other")  # not a target: ignored
-    e = efficiency(base + other, tgt + other, rnd, [("s", "c")], "extracted", seed=1)
-    assert e["n_items"] == n
-    assert abs(e["gain_targeted"] - 0.4) < 1e-9 and abs(e["gain_random"] - 0.1) < 1e-9
-    assert e["ratio"] == pytest.approx(4.0)
-    lo, hi = e["ratio_ci"]
+    e = efficiency(base + other, tgt + other, rnd, [("s", "c")], "correct", seed=1)
+    assert e.n_items == n
+    assert abs(e.gain_targeted - 0.4) < 1e-9 and abs(e.gain_random - 0.1) < 1e-9
+    assert e.ratio == pytest.approx(4.0)
+    lo, hi = e.ratio_ci
     assert lo < 4.0 < hi and lo > 2.0
-    assert e["difference_ci"][0] > 0.2
+    assert e.difference_ci[0] > 0.2
     # null: both arms equal -> the difference CI covers 0
-    e0 = efficiency(base, rnd, rnd, [("s", "c")], "extracted")
-    assert e0["difference"] == 0 and e0["difference_ci"][0] <= 0 <= e0["difference_ci"][1]
+    e0 = efficiency(base, rnd, rnd, [("s", "c")], "correct")
+    assert e0.difference == 0 and e0.difference_ci[0] <= 0 <= e0.difference_ci[1]
     # no random gain -> ratio undefined, said so
-    e1 = efficiency(base, tgt, base, [("s", "c")], "extracted")
-    assert e1["ratio"] is None and e1["ratio_ci"] is None and e1["ratio_defined_fraction"] == 0
+    e1 = efficiency(base, tgt, base, [("s", "c")], "correct")
+    assert e1.ratio is None and e1.ratio_ci is None and e1.ratio_defined_fraction == 0
 
 
 def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small_loop, monkeypatch):
     """Replay rows are the base model's correct answers on fresh (never-evaluated) items, and
     a round trains on them minus its target categories, in both arms alike."""
-    import selfimprove.loop as loop_mod
+    import selfimprove.loop.phases as phases_mod
     from selfimprove.config import load_config
     from selfimprove.loop import run_loop
 
-    real_eval_phase = loop_mod._eval_phase
+    real_eval_phase = phases_mod.evaluate_phase
 
-    def fake_eval_phase(store, run_id, name, engine, items, gen, seed, hook):
-        recs = real_eval_phase(store, run_id, name, engine, items, gen, seed, hook)
+    def fake_eval_phase(ctx, name, engine, items):
+        recs = real_eval_phase(ctx, name, engine, items)
         if name != "replay_eval":
             return recs
         # the tiny model never answers correctly: pretend every other answer was right
@@ -261,7 +264,7 @@ def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small
             for i, r in enumerate(recs)
         ]
 
-    monkeypatch.setattr(loop_mod, "_eval_phase", fake_eval_phase)
+    monkeypatch.setattr(phases_mod, "evaluate_phase", fake_eval_phase)
     small_loop["loop"].update({"rounds": 1, "replay": 6})
     small_loop["store"] = {"root": str(tmp_path / "s")}
     cfg_path = tmp_path / "c.yaml"
@@ -270,16 +273,16 @@ def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small
     run_dir = Path(res.run_dir)
     rows = [json.loads(x) for x in (run_dir / "replay.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["source"] == "replay" for r in rows)
-    assert res.summary["replay"] == {"drawn": 18, "answered": 18, "kept_correct": 6}
+    assert res.summary.replay.model_dump() == {"drawn": 18, "answered": 18, "kept_correct": 6}
     registry = NeverTrainRegistry.load(Path(small_loop["store"]["root"]) / "never_train.json")
     assert all(isinstance(r["prompt"], str) and r["prompt"] not in registry for r in rows)
     targets = {c for _s, c in res.rounds[0].targets}
     expected = sum(r["category"] not in targets for r in rows)
     assert expected > 0
     for ar in res.rounds:
-        assert ar.train["n_replay"] == expected
-        assert ar.train["n_examples"] + ar.train["n_dropped"] == ar.n_train + expected + 3
-        assert ar.train["n_anchor"] == expected + 3  # replay is KL-anchored by default
+        assert ar.train is not None and ar.train.n_replay == expected
+        assert ar.train.n_examples + ar.train.n_dropped == ar.n_train + expected + 3
+        assert ar.train.n_anchor == expected + 3  # replay is KL-anchored by default
 
 
 def test_loop_refuses_a_gate_that_cannot_accept():
@@ -306,19 +309,68 @@ def test_loop_refuses_a_gate_that_cannot_accept():
     assert 0.5 < power["pooled: math+fmt @ 10% discordant"] <= 1.0
 
 
-def test_bad_train_or_gate_override_is_a_config_error(tmp_path):
+def test_bad_train_or_gate_override_is_a_config_error_at_load_time(tmp_path):
     from selfimprove.config import load_config
     from selfimprove.errors import ConfigError
+
+    for section, bad in (
+        ("train", {"group_by_length": "maybe"}),
+        ("gate", {"alpha": -1}),
+        ("train", {"lora_rank": 4}),  # a typo: unknown key
+    ):
+        over = {"model": {"name": "tiny-llama"}, "loop": {section: bad}}
+        with pytest.raises(ConfigError, match=f"loop\\.{section}\\.{next(iter(bad))}"):
+            load_config(None, over)
+
+
+def test_shared_values_have_one_home():
+    """The seed is loop.seed, the weight policy loop.train.weight_policy, the gate's metric
+    follows loop.weakness.metric unless set; older spellings still load."""
+    from selfimprove.config import Config, dump_config, load_config
+    from selfimprove.errors import ConfigError
+
+    cfg = load_config(None, {"loop": {"seed": 7}})
+    assert cfg.loop.train.seed == 7 and cfg.loop.gate.metric == "correct"
+    strict = load_config(None, {"loop": {"weakness": {"metric": "strict"}}})
+    assert strict.loop.gate.metric == "strict"
+    assert load_config(None, {"loop": {"weakness": {"metric": "strict"}, "gate": {"metric": "correct"}}}).loop.gate.metric == "correct"
+    old = load_config(None, {"loop": {"weight_policy": "confidence"}})  # stored runs' spelling
+    assert old.loop.train.weight_policy == "confidence"
+    with pytest.raises(ConfigError, match="weight_policy is set twice"):
+        load_config(None, {"loop": {"weight_policy": "confidence", "train": {"weight_policy": "inverse"}}})
+    with pytest.raises(ConfigError, match="one seed"):
+        load_config(None, {"loop": {"seed": 1, "train": {"seed": 2}}})
+    # a round trip through the stored form keeps everything (resume validates it again)
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg
+    # `config --defaults` leaves out the derived values, so editing loop.seed or
+    # weakness.metric in the written file still reaches the trainer and the gate
+    import yaml
+
+    dumped = yaml.safe_load(dump_config(load_config(None, {})))
+    assert "seed" not in dumped["loop"]["train"] and "metric" not in dumped["loop"]["gate"]
+    dumped["loop"]["seed"] = 3
+    dumped["loop"]["weakness"]["metric"] = "strict"
+    again = Config.model_validate(dumped)
+    assert again.loop.train.seed == 3 and again.loop.gate.metric == "strict"
+
+
+def _fingerprint(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.glob("*.jsonl"))}
+
+
+def test_same_seed_gives_byte_identical_data_and_records(tmp_path, small_loop):
+    """A 1-round loop, run twice with one seed: every data file and evaluation record file is
+    byte-identical (the refactoring of the loop into phases was checked this way against the
+    code before it); a different seed changes them."""
+    from selfimprove.config import load_config
     from selfimprove.loop import run_loop
 
-    for section, bad in (("train", {"group_by_length": "maybe"}), ("gate", {"alpha": -1})):
-        cfg = load_config(
-            None,
-            {
-                "model": {"name": "tiny-llama"},
-                "store": {"root": str(tmp_path)},
-                "loop": {section: bad},
-            },
-        )
-        with pytest.raises(ConfigError, match=f"{next(iter(bad))}.*\\n.*Fix: correct"):
-            run_loop(cfg)
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        over = {**small_loop, "store": {"root": str(tmp_path / name)}}
+        over["loop"] = {**small_loop["loop"], "rounds": 1, "behavior_diff": 0, "seed": seed}
+        runs.append(_fingerprint(Path(run_loop(load_config(None, over)).run_dir)))
+    a, b, c = runs
+    assert {"data_r1_targeted.jsonl", "data_r1_random.jsonl", "eval_r0_base.jsonl"} <= set(a)
+    assert a == b
+    assert a["data_r1_random.jsonl"] != c["data_r1_random.jsonl"]

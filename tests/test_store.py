@@ -248,6 +248,46 @@ def test_track_collects_provenance_when_none_given(
     assert store.get_run(run.id).provenance["pid"] == os.getpid()
 
 
+# ---- resume ----------------------------------------------------------------------------------
+
+
+def _interrupted(store: RunStore, kind: str = "eval") -> RunInfo:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        store.track(kind, config=CONFIG, seed=1, model="m", provenance={}) as run,
+    ):
+        raise KeyboardInterrupt
+    return run
+
+
+def test_resume_reopens_an_interrupted_run_and_records_how_it_ends(store: RunStore) -> None:
+    run = _interrupted(store)
+    with store.resume(run.id[:15], kind="eval") as again:
+        assert again.id == run.id and store.get_run(run.id).status == "running"
+        assert store.get_run(run.id).error is None
+    assert store.get_run(run.id).status == "completed"
+    with pytest.raises(RuntimeError), store.resume(_interrupted(store).id) as other:
+        raise RuntimeError("still broken")
+    got = store.get_run(other.id)
+    assert got.status == "failed" and got.error == "RuntimeError: still broken"
+
+
+def test_resumable_refuses_another_kind_and_finished_runs_before_any_work(
+    store: RunStore,
+) -> None:
+    run = _interrupted(store, kind="run")
+    with pytest.raises(StoreError, match=r"kind 'run', not 'eval'.*runs list --kind eval"):
+        store.resumable(run.id, kind="eval")
+    with pytest.raises(StoreError, match="kind 'run'"), store.resume(run.id, kind="eval"):
+        pytest.fail("the block must not run")
+    assert store.get_run(run.id).status == "interrupted"  # refused, left as it was
+    assert store.resumable(run.id, kind="run").id == run.id
+    with store.track("eval", config=CONFIG, seed=1, model="m", provenance={}) as done:
+        pass
+    with pytest.raises(StoreError, match="is completed; only an interrupted or failed"):
+        store.resumable(done.id)
+
+
 # ---- stale runs ------------------------------------------------------------------------------
 
 _CHILD = """

@@ -216,3 +216,18 @@ def test_self_generated_respects_budget_on_a_real_tiny_model(tiny_llama):
     for k in kept:
         if k.source != "variation":
             assert task.score(k.completion, by_id[k.sample_id]).correct
+
+
+def test_near_duplicate_key_folds_every_symbol_but_answer_normalisation_keeps_some():
+    """Two rules on purpose: dedup treats rows differing only in symbols as one example;
+    answer comparison (tasks.validators.normalize_text) keeps "°" apart."""
+    from selfimprove.synth import self_generated
+    from selfimprove.synth.self_generated import near_duplicate_key
+    from selfimprove.tasks.validators import normalize_text
+
+    assert near_duplicate_key("  Add 2+3!\n Answer: 5 ") == "add 2 3 answer 5"
+    assert near_duplicate_key("snake_case — ok") == "snake case ok"
+    assert near_duplicate_key("5 °C") == near_duplicate_key("5 C") == "5 c"
+    assert normalize_text("5 °C") == "5 °c" != normalize_text("5 C")
+    assert normalize_text(" The  Cat!") == near_duplicate_key(" The  Cat!") == "the cat"
+    assert self_generated.normalize_text is near_duplicate_key  # old name, until callers move

@@ -39,7 +39,7 @@ def _records():
 def test_classify_failure_types():
     assert classify_failure(_rec("s", "c", 0, True, True)) is None
     assert classify_failure(_rec("s", "c", 0, True, False)) == "format_error"
-    assert classify_failure(_rec("s", "c", 0, True, False), "extracted") is None
+    assert classify_failure(_rec("s", "c", 0, True, False), "correct") is None
     assert classify_failure(_rec("s", "c", 0, False, False, extracted=None)) == "no_answer"
     assert classify_failure(_rec("s", "c", 0, False, True, extracted="7")) == "wrong_answer"
 
@@ -65,11 +65,11 @@ def test_ranking_selects_weakest_with_threshold_top_k_and_min_items():
     assert fmt.failure_types == {"format_error": 20}
 
 
-def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
+def test_correct_metric_ignores_format_and_perplexity_threshold_adds_areas():
     areas = rank_weak_areas(
         _records(),
         WeaknessConfig(
-            metric="extracted",
+            metric="correct",
             error_threshold=0.9,
             top_k=4,
             perplexity_threshold=None,
@@ -83,7 +83,7 @@ def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
     areas = rank_weak_areas(
         _records(),
         WeaknessConfig(
-            metric="extracted", error_threshold=1.0, perplexity_threshold=3.0, min_items=5
+            metric="correct", error_threshold=1.0, perplexity_threshold=3.0, min_items=5
         ),
         exclude_suites=["sentinel_math"],
     )
@@ -91,7 +91,7 @@ def test_extracted_metric_ignores_format_and_perplexity_threshold_adds_areas():
     areas = rank_weak_areas(
         _records(),
         WeaknessConfig(
-            metric="extracted", error_threshold=1.0, perplexity_threshold=2.0, min_items=5
+            metric="correct", error_threshold=1.0, perplexity_threshold=2.0, min_items=5
         ),
         exclude_suites=["sentinel_math"],
     )
@@ -145,4 +145,15 @@ def test_stalled_targets_counts_solved_items_on_the_same_items() -> None:
     # strict metric: a right answer in the wrong format is not solved
     after_fmt = [_rec("s", "c", i, True, False) for i in range(10)]
     assert ("s", "c") in stalled_targets(before, after_fmt, [("s", "c")], "strict")
-    assert stalled_targets(before, after_fmt, [("s", "c")], "extracted") == {}
+    assert stalled_targets(before, after_fmt, [("s", "c")], "correct") == {}
+    assert stalled_targets(before, after_fmt, [("s", "c")]) == {}  # default: correct
+
+
+def test_weakness_config_metric_reads_the_old_spelling_extracted() -> None:
+    """Stored run configs from before the rename say weakness.metric: extracted."""
+    assert WeaknessConfig().metric == "correct"
+    assert WeaknessConfig.model_validate({"metric": "extracted"}).metric == "correct"
+    assert WeaknessConfig(metric="strict").metric == "strict"
+    rs = _records()
+    old = rank_weak_areas(rs, WeaknessConfig.model_validate({"metric": "extracted"}))
+    assert old == rank_weak_areas(rs, WeaknessConfig(metric="correct"))

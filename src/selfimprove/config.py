@@ -14,8 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfimprove.diff.run_config import DiffRunConfig
 from selfimprove.errors import ConfigError
-from selfimprove.loop import LoopConfig
+from selfimprove.interp.runner_config import InterpConfig
+from selfimprove.loop.config import LoopConfig
+from selfimprove.store import DEFAULT_ROOT
 
 DEFAULT_CONFIG_NAME = "selfimprove.yaml"
 
@@ -83,7 +86,7 @@ class EvalConfig(_Section):
 
 
 class StoreConfig(_Section):
-    root: str = Field("selfimprove_runs", description="Folder for the run registry and artifacts.")
+    root: str = Field(str(DEFAULT_ROOT), description="Folder for the run registry and artifacts.")
 
 
 class Config(_Section):
@@ -93,6 +96,8 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     store: StoreConfig = StoreConfig()
     loop: LoopConfig = LoopConfig()
+    diff: DiffRunConfig = Field(default_factory=DiffRunConfig)
+    interp: InterpConfig = Field(default_factory=InterpConfig)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -179,5 +184,15 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def dump_config(cfg: Config) -> str:
-    """The config as YAML (what ``selfimprove config`` prints)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML (what ``selfimprove config`` prints).
+
+    Values the loop derives from another key are left out unless set on their own
+    (``loop.train.seed`` from ``loop.seed``; ``loop.gate.metric`` from
+    ``loop.weakness.metric``), so editing the source key in the written file takes effect.
+    """
+    data = cfg.model_dump(mode="json")
+    loop = data.get("loop", {})
+    loop.get("train", {}).pop("seed", None)
+    if cfg.loop.gate.metric == cfg.loop.weakness.metric:
+        loop.get("gate", {}).pop("metric", None)
+    return yaml.safe_dump(data, sort_keys=False)

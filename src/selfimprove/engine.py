@@ -1,7 +1,8 @@
-"""The engine: the one place where forward passes happen.
+"""The engine: the one place where the language model under study is run for its outputs.
 
-Every generation, scoring and model-comparison pass goes through :class:`Engine`, so batching,
-padding side, dtype, threads and caching are decided once.
+Every generation, scoring and model-comparison pass of evaluation, data generation, training
+weights and the behavior-change detector goes through :class:`Engine`, so batching, padding
+side, dtype, threads and caching are decided once.
 
 * ``generate``: batched generation with left padding and a KV cache; prompts are sorted by
   length so batches waste little padding; rows that finish (EOS or a stop pattern) leave the
@@ -13,6 +14,20 @@ padding side, dtype, threads and caching are decided once.
   the first k tokens of given continuations (one prefill per prompt per model).
 
 It does not know about tasks or validators (see :mod:`selfimprove.evaluate`).
+
+Forward passes outside the engine, and why (anything else calls the engine):
+
+* ``train/trainer.py``: training forward/backward passes (``transformers.Trainer``) and its
+  packing check;
+* ``interp/``: *hooked* (for saliency, differentiable) passes, on right-padded batches
+  (``interp/common.forward``) or single sequences, every hook through ``interp/hooks.py``:
+  interventions need gradients, hooks and stable positions, which batched, cached generation
+  cannot give. Prompts are still formatted by the engine, so the text is the text
+  evaluation scores;
+* ``diff/explore.py``: contrastive decoding steps two engines' models token by token in
+  lockstep, one KV cache each, since every token depends on *both* models' logits
+  (exploratory output, never a measurement);
+* ``embeddings.py``: the sentence encoder, a different model (prompt clustering).
 """
 
 from __future__ import annotations

@@ -20,14 +20,15 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from selfimprove.engine import Engine
+from selfimprove.stats import wilson_ci  # also importable from here, as before
 from selfimprove.store import RunStore
-from selfimprove.tasks.base import Sample, Task
+from selfimprove.tasks.base import Sample, Score, Task
 from selfimprove.tasks.never_train import NeverTrainRegistry
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,52 @@ class EvalRecord(BaseModel):
     finish_reason: str | None = None
 
 
+#: Which outcome counts as "solved" (the one vocabulary of weakness, gate, loop and synth):
+#: ``"correct"``: the validator found the right answer anywhere sensible in the reply (the
+#: record field ``correct``); ``"strict"``: correct *and* in the strict last-line format
+#: ``Answer: <answer>`` (the field ``format_ok``).
+Metric = Literal["correct", "strict"]
+
+
+def _metric_from_config(value: Any) -> Any:
+    # Configs written before the vocabulary was unified spelled "correct" as "extracted"
+    # (weakness.metric); stored run configs must still load.
+    return "correct" if value == "extracted" else value
+
+
+#: A config field holding a :data:`Metric`; also accepts the old spelling ``"extracted"``.
+MetricField = Annotated[Metric, BeforeValidator(_metric_from_config)]
+
+
+def record_field(record: Any, name: str) -> Any:
+    """A field of an :class:`EvalRecord`-like object or of a plain dict row (missing: None)."""
+    if isinstance(record, Mapping):
+        return record.get(name)
+    return getattr(record, name, None)
+
+
+def is_solved(record: EvalRecord | Score | Mapping[str, Any], metric: Metric) -> bool:
+    """Whether one scored item counts as solved under ``metric``: the one definition.
+
+    ``record`` is an :class:`EvalRecord`, a plain dict row with its fields (stored
+    ``records.jsonl`` lines; the gate accepts both) or a task's
+    :class:`~selfimprove.tasks.base.Score`. ``correct`` None (unscored) is never solved.
+    Under ``"strict"``, ``format_ok`` None means there is no format to check, so the item
+    counts on ``correct`` alone; evaluation itself always sets ``format_ok`` on scored items
+    (``choices`` mode: True), so this only matters for rows from elsewhere.
+
+    Raises:
+        ValueError: ``metric`` is not ``"correct"`` or ``"strict"``.
+    """
+    correct = bool(record_field(record, "correct"))
+    if metric == "correct":
+        return correct
+    if metric == "strict":
+        fmt = record_field(record, "format_ok")
+        return correct and (fmt is None or bool(fmt))
+    raise ValueError(f"unknown metric {metric!r}; use 'correct' or 'strict'")
+
+
 class CategoryMetrics(BaseModel):
     """Aggregates for one (suite, category) with 95% confidence intervals."""
 
@@ -75,17 +122,6 @@ class CategoryMetrics(BaseModel):
     ref_nll: float | None = None
     ref_nll_ci: tuple[float, float] | None = None
     entropy: float | None = None
-
-
-def wilson_ci(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (good at 0% and 100%)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def mean_ci(xs: Sequence[float]) -> tuple[float, tuple[float, float]]:
@@ -238,11 +274,11 @@ def aggregate(records: Iterable[EvalRecord]) -> list[CategoryMetrics]:
         m = CategoryMetrics(suite=suite, category=cat, mode=rs[0].mode, n=len(rs))
         scored = [r for r in rs if r.correct is not None]
         if scored:
-            k = sum(bool(r.correct) for r in scored)
+            k = sum(is_solved(r, "correct") for r in scored)
             m.accuracy, m.accuracy_ci = k / len(scored), wilson_ci(k, len(scored))
             f = sum(bool(r.format_ok) for r in scored)
             m.format_rate, m.format_ci = f / len(scored), wilson_ci(f, len(scored))
-            st = sum(bool(r.correct and r.format_ok) for r in scored)
+            st = sum(is_solved(r, "strict") for r in scored)
             m.strict_accuracy, m.strict_ci = st / len(scored), wilson_ci(st, len(scored))
         nll = [r.ref_nll for r in rs if r.ref_nll is not None and math.isfinite(r.ref_nll)]
         if nll:
@@ -400,11 +436,7 @@ def run_evaluation(
 
     done: set[tuple[str, str]] = set()
     if resume is not None:
-        prev = store.get_run(resume)
-        if prev.kind != "eval":
-            from selfimprove.errors import StoreError
-
-            raise StoreError(f"Run {prev.id} is a {prev.kind!r} run, not an evaluation.")
+        prev = store.resumable(resume, kind="eval")  # checked before the model loads
         from selfimprove.config import Config
 
         cfg = Config.model_validate(prev.config)
@@ -431,7 +463,7 @@ def run_evaluation(
     )
     config_dict = cfg.model_dump(mode="json")
     if resume is not None:
-        ctx = store.resume(prev.id)
+        ctx = store.resume(prev.id, kind="eval")
     else:
         ctx = store.track(
             "eval", config=config_dict, seed=cfg.eval.seed, model=loaded.name, provenance=provenance
@@ -478,10 +510,10 @@ def run_evaluation(
 
 def _overall(records: Sequence[EvalRecord]) -> float | None:
     scored = [r for r in records if r.correct is not None]
-    return sum(bool(r.correct) for r in scored) / len(scored) if scored else None
+    return sum(is_solved(r, "correct") for r in scored) / len(scored) if scored else None
 
 
-def _read_existing(store: Any, run_id: str) -> list[dict[str, Any]]:
+def _read_existing(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     path = store.run_dir(run_id) / "records.jsonl"
     if not path.is_file():
         return []

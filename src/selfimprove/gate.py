@@ -10,9 +10,12 @@ Method, in the order the gate applies it:
 1. **Target gain** (does the round help where it was aimed?). The items of the target
    categories are pooled and tested with the exact McNemar test, one-sided (after better):
    under H0 a discordant pair is equally likely to be wrong→right (``c``) or right→wrong
-   (``b``), so ``c | b+c ~ Binomial(b+c, 1/2)``. Per-category McNemar tests are reported
-   with Holm-adjusted p-values, for the report only: the decision uses the single pooled
-   test, so the target side costs no multiplicity correction.
+   (``b``), so ``c | b+c ~ Binomial(b+c, 1/2)`` (:func:`selfimprove.stats.mcnemar_exact`).
+   ``target_test="bootstrap"`` decides by a paired bootstrap of the mean gain instead
+   (:func:`paired_bootstrap`; slightly liberal below ~30 items, where McNemar is exact).
+   Per-category McNemar tests are reported with Holm-adjusted p-values, for the report
+   only: the decision uses the single pooled test, so the target side costs no
+   multiplicity correction.
 2. **Sentinels** (did it break anything else?). Sentinels must show *non-inferiority*:
    binary outcomes by Tango's score test for a paired difference of proportions
    (H0: p_after − p_before ≤ −margin); NLL suites (general text, lower is better) by a
@@ -28,8 +31,9 @@ Method, in the order the gate applies it:
    several 24-item suites cannot accept any round. :func:`noninferiority_binary_power`
    gives the exact power; the loop refuses a configuration that could not pass even with
    zero changed items.
-3. **Training health**: every training loss finite, and the last loss at most
-   ``max_loss_ratio`` × the first.
+3. **Training health** (:func:`check_losses`): every training loss finite, and the last
+   loss at most ``max_loss_ratio`` × the first non-zero one (a first logging step of only
+   KL-anchor rows logs exactly 0: the policy still equals the base model).
 
 Why no multiplicity correction across sentinels: the gate accepts only if *every* sentinel
 rejects its own null (H0_k: "suite k got worse by more than the margin"). The null we care
@@ -58,48 +62,25 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
-from selfimprove.stats import holm
+from selfimprove.evaluate import MetricField, is_solved, record_field
+from selfimprove.stats import (  # mcnemar_exact & co. stay importable from here, as before
+    Alternative,
+    PairedBinaryTest,
+    holm,
+    mcnemar_exact,
+    newcombe_paired_ci,
+    paired_table,
+)
 
 log = logging.getLogger(__name__)
 
-Alternative = Literal["two-sided", "greater", "less"]
-BinaryMetric = Literal["correct", "strict"]
-
-_Z975 = 1.959963984540054
+#: Default of ``GateConfig.max_loss_ratio``; also the ratio behind ``TrainResult.diverged``.
+DEFAULT_MAX_LOSS_RATIO = 3.0
 
 
 # ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
-
-
-class PairedBinaryTest(BaseModel):
-    """Exact McNemar test on paired binary outcomes (same items before and after).
-
-    Cells: ``n_both`` right→right, ``b`` right→wrong, ``c`` wrong→right, ``n_neither``
-    wrong→wrong. ``statistic`` is ``c``, the number of wrong→right pairs among the
-    ``b + c`` discordant ones.
-    """
-
-    test: str = "McNemar exact (binomial on discordant pairs)"
-    null: str
-    alternative: Alternative
-    n: int
-    n_both: int
-    b: int = Field(description="right before, wrong after")
-    c: int = Field(description="wrong before, right after")
-    n_neither: int
-    before_rate: float
-    after_rate: float
-    delta: float = Field(description="after_rate − before_rate = (c − b) / n")
-    delta_ci: tuple[float, float]
-    confidence: float
-    ci_method: str = "Newcombe hybrid score interval for paired proportions (method 10)"
-    statistic: float
-    p_value: float = Field(description="p-value for `alternative`")
-    p_two_sided: float
-    p_greater: float = Field(description="one-sided, H1: after better")
-    p_less: float = Field(description="one-sided, H1: after worse")
 
 
 class BootstrapTest(BaseModel):
@@ -158,9 +139,14 @@ class CategoryTest(BaseModel):
 
 
 class TargetResult(BaseModel):
+    """The target-gain check: ``significant`` is the verdict of ``GateConfig.target_test``."""
+
     pooled: PairedBinaryTest
     per_category: list[CategoryTest]
     significant: bool
+    bootstrap: BootstrapTest | None = Field(
+        None, description="The pooled paired bootstrap, when target_test is 'bootstrap'."
+    )
 
 
 class SentinelResult(BaseModel):
@@ -213,17 +199,19 @@ class GateConfig(BaseModel):
     require_target_gain: bool = Field(
         True,
         description="Reject unless the pooled target items improve significantly "
-        "(one-sided exact McNemar at alpha).",
+        "(one-sided at alpha, by target_test).",
     )
     max_loss_ratio: float = Field(
-        3.0,
+        DEFAULT_MAX_LOSS_RATIO,
         gt=0.0,
-        description="Reject if the last training loss exceeds this multiple of the first.",
+        description="Reject if the last training loss exceeds this multiple of the first "
+        "non-zero one.",
     )
-    metric: BinaryMetric = Field(
+    metric: MetricField = Field(
         "correct",
-        description="Binary outcome: 'correct' (answer extracted) or 'strict' (correct and "
-        "format_ok; records with format_ok None count on `correct` alone).",
+        description="Binary outcome (selfimprove.evaluate.is_solved): 'correct' (answer "
+        "extracted) or 'strict' (correct and format_ok; records with format_ok None count on "
+        "`correct` alone). The old spelling 'extracted' is read as 'correct'.",
     )
     collateral: Literal["report", "reject", "off"] = Field(
         "report",
@@ -231,6 +219,16 @@ class GateConfig(BaseModel):
         "exact one-sided McNemar test for harm. 'report' adds it to the reasons only; "
         "'reject' also rejects a round that made them significantly worse.",
     )
+    target_test: Literal["mcnemar", "bootstrap"] = Field(
+        "mcnemar",
+        description="Test of the pooled target gain: 'mcnemar' (exact, one-sided) or "
+        "'bootstrap' (paired bootstrap of the mean gain, shift-to-null p-value; slightly "
+        "liberal below ~30 items). Per-category tests are McNemar either way.",
+    )
+    bootstrap_samples: int = Field(
+        10000, ge=100, description="Resamples of the target bootstrap (target_test='bootstrap')."
+    )
+    bootstrap_seed: int = Field(0, description="Seed of the target bootstrap's resampling.")
 
 
 class GateDecision(BaseModel):
@@ -252,26 +250,6 @@ class GateDecision(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_bools(xs: Sequence[Any], name: str) -> np.ndarray:
-    arr = np.asarray(xs)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype != bool:
-        if not np.all(np.isin(arr, (0, 1))):
-            raise ValueError(f"{name} must hold booleans (or 0/1)")
-        arr = arr.astype(bool)
-    return arr
-
-
-def _paired_bools(before: Sequence[Any], after: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _as_bools(before, "before"), _as_bools(after, "after")
-    if len(x) != len(y):
-        raise ValueError(f"before and after differ in length ({len(x)} vs {len(y)})")
-    if len(x) == 0:
-        raise ValueError("no paired items")
-    return x, y
-
-
 def _paired_floats(before: Sequence[float], after: Sequence[float]) -> np.ndarray:
     x = np.asarray(before, dtype=float)
     y = np.asarray(after, dtype=float)
@@ -282,99 +260,6 @@ def _paired_floats(before: Sequence[float], after: Sequence[float]) -> np.ndarra
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("before/after contain non-finite values; drop or handle them first")
     return y - x
-
-
-def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def newcombe_paired_ci(
-    n_both: int, b: int, c: int, n_neither: int, *, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Newcombe's (1998, method 10) interval for p_after − p_before on paired binary data.
-
-    Combines the Wilson intervals of the two marginal rates with their correlation φ
-    (of the before/after indicators), which is what makes it a *paired* interval. Good
-    coverage near 0 and 1 and with few discordant pairs, where the Wald interval fails.
-    """
-    n = n_both + b + c + n_neither
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    k_after, k_before = n_both + c, n_both + b
-    p2, p1 = k_after / n, k_before / n
-    l2, u2 = _wilson(k_after, n, z)
-    l1, u1 = _wilson(k_before, n, z)
-    # φ between the indicators; 0 when a margin is constant (no correlation defined).
-    den = (n_both + b) * (c + n_neither) * (n_both + c) * (b + n_neither)
-    phi = (n_both * n_neither - b * c) / math.sqrt(den) if den > 0 else 0.0
-    d = p2 - p1
-    lo = d - math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
-    hi = d + math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
-    return max(-1.0, lo), min(1.0, hi)
-
-
-def mcnemar_exact(
-    before: Sequence[bool],
-    after: Sequence[bool],
-    *,
-    alternative: Alternative = "two-sided",
-    confidence: float = 0.95,
-) -> PairedBinaryTest:
-    """Exact McNemar test of paired binary outcomes on the same items.
-
-    Args:
-        before: Outcome per item before the round (True = correct).
-        after: Outcome per item after, same order.
-        alternative: Which p-value goes in ``p_value``: ``"greater"`` = after better.
-            All three are always reported.
-        confidence: Level of the Newcombe interval for the difference in rates.
-
-    Returns:
-        The counts, the difference ``after − before`` with its Newcombe interval, and
-        exact binomial p-values on the ``b + c`` discordant pairs. With no discordant
-        pairs every p-value is 1.
-    """
-    x, y = _paired_bools(before, after)
-    n = len(x)
-    n_both = int(np.sum(x & y))
-    b = int(np.sum(x & ~y))
-    c = int(np.sum(~x & y))
-    n_neither = n - n_both - b - c
-    m = b + c
-    if m == 0:
-        p2s = pg = pl = 1.0
-    else:
-        p2s = float(stats.binomtest(c, m, 0.5, alternative="two-sided").pvalue)
-        pg = float(stats.binomtest(c, m, 0.5, alternative="greater").pvalue)
-        pl = float(stats.binomtest(c, m, 0.5, alternative="less").pvalue)
-    p = {"two-sided": p2s, "greater": pg, "less": pl}[alternative]
-    null = {
-        "two-sided": "P(wrong→right) = P(right→wrong), i.e. p_after = p_before",
-        "greater": "P(wrong→right) ≤ P(right→wrong), i.e. p_after ≤ p_before",
-        "less": "P(wrong→right) ≥ P(right→wrong), i.e. p_after ≥ p_before",
-    }[alternative]
-    return PairedBinaryTest(
-        null=null,
-        alternative=alternative,
-        n=n,
-        n_both=n_both,
-        b=b,
-        c=c,
-        n_neither=n_neither,
-        before_rate=float(np.mean(x)),
-        after_rate=float(np.mean(y)),
-        delta=(c - b) / n,
-        delta_ci=newcombe_paired_ci(n_both, b, c, n_neither, confidence=confidence),
-        confidence=confidence,
-        statistic=float(c),
-        p_value=p,
-        p_two_sided=p2s,
-        p_greater=pg,
-        p_less=pl,
-    )
 
 
 def paired_bootstrap(
@@ -473,12 +358,8 @@ def noninferiority_binary(
     """
     if not 0.0 < margin < 1.0:
         raise ValueError(f"margin must be in (0, 1), got {margin}")
-    x, y = _paired_bools(before, after)
-    n = len(x)
-    n_both = int(np.sum(x & y))
-    b = int(np.sum(x & ~y))
-    c = int(np.sum(~x & y))
-    n_neither = n - n_both - b - c
+    n_both, b, c, n_neither = paired_table(before, after)
+    n = n_both + b + c + n_neither
     delta0 = -margin
     q = tango_restricted_mle(b, c, n, delta0)
     var = n * (2.0 * q + delta0 * (1.0 - delta0))
@@ -490,8 +371,8 @@ def noninferiority_binary(
         metric=metric,
         higher_is_better=True,
         n=n,
-        before_mean=float(np.mean(x)),
-        after_mean=float(np.mean(y)),
+        before_mean=(n_both + b) / n,
+        after_mean=(n_both + c) / n,
         margin=margin,
         estimate=(c - b) / n,
         ci=newcombe_paired_ci(n_both, b, c, n_neither, confidence=1 - 2 * alpha),
@@ -651,15 +532,8 @@ def noninferiority_mean(
 # ---------------------------------------------------------------------------------------------
 
 
-def _get(rec: Any, field: str) -> Any:
-    """Read a field from an EvalRecord-like object or a plain dict (missing → None)."""
-    if isinstance(rec, Mapping):
-        return rec.get(field)
-    return getattr(rec, field, None)
-
-
 def _key(rec: Any) -> tuple[str, str]:
-    return (str(_get(rec, "suite")), str(_get(rec, "sample_id")))
+    return (str(record_field(rec, "suite")), str(record_field(rec, "sample_id")))
 
 
 def _index(records: Sequence[Any], name: str) -> dict[tuple[str, str], Any]:
@@ -694,7 +568,7 @@ def _pair(before: Sequence[Any], after: Sequence[Any]) -> list[tuple[Any, Any]]:
     pairs = []
     for k, rb in bi.items():
         ra = ai[k]
-        hb, ha = _get(rb, "input_hash"), _get(ra, "input_hash")
+        hb, ha = record_field(rb, "input_hash"), record_field(ra, "input_hash")
         if hb is not None and ha is not None and hb != ha:
             raise ValueError(
                 f"item {k[0]}/{k[1]} has different inputs before and after "
@@ -704,18 +578,10 @@ def _pair(before: Sequence[Any], after: Sequence[Any]) -> list[tuple[Any, Any]]:
     return pairs
 
 
-def _outcome(rec: Any, metric: BinaryMetric) -> bool:
-    ok = bool(_get(rec, "correct"))
-    if metric == "strict":
-        fmt = _get(rec, "format_ok")
-        return ok and (fmt is None or bool(fmt))
-    return ok
-
-
 def _is_binary(rec: Any) -> bool:
     # Decided on the *before* record; an after record with ``correct`` None (unscored)
     # counts as wrong, so a broken evaluation cannot drop items from a test.
-    return _get(rec, "mode") != "nll" and _get(rec, "correct") is not None
+    return record_field(rec, "mode") != "nll" and record_field(rec, "correct") is not None
 
 
 def _target(
@@ -726,9 +592,9 @@ def _target(
     wanted = {(str(s), str(c)) for s, c in target_categories}
     by_cat: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
     for rb, ra in pairs:
-        cat = (str(_get(rb, "suite")), str(_get(rb, "category")))
+        cat = (str(record_field(rb, "suite")), str(record_field(rb, "category")))
         if cat in wanted and _is_binary(rb):
-            by_cat[cat].append((_outcome(rb, config.metric), _outcome(ra, config.metric)))
+            by_cat[cat].append((is_solved(rb, config.metric), is_solved(ra, config.metric)))
     missing = sorted(wanted - set(by_cat))
     if missing:
         raise ValueError(
@@ -742,16 +608,28 @@ def _target(
     ]
     adj = holm([t.p_greater for t in tests])
     pooled_pairs = [p for k in cats for p in by_cat[k]]
-    pooled = mcnemar_exact(
-        [p[0] for p in pooled_pairs], [p[1] for p in pooled_pairs], alternative="greater"
-    )
+    before = [p[0] for p in pooled_pairs]
+    after = [p[1] for p in pooled_pairs]
+    pooled = mcnemar_exact(before, after, alternative="greater")
+    boot = None
+    p_gain = pooled.p_greater
+    if config.target_test == "bootstrap":
+        boot = paired_bootstrap(
+            [float(x) for x in before],
+            [float(x) for x in after],
+            n_boot=config.bootstrap_samples,
+            seed=config.bootstrap_seed,
+            alternative="greater",
+        )
+        p_gain = boot.p_value
     return TargetResult(
         pooled=pooled,
         per_category=[
             CategoryTest(suite=k[0], category=k[1], test=t, p_holm=a)
             for k, t, a in zip(cats, tests, adj, strict=True)
         ],
-        significant=pooled.p_greater <= config.alpha,
+        significant=p_gain <= config.alpha,
+        bootstrap=boot,
     )
 
 
@@ -765,11 +643,11 @@ def _collateral(
     wanted = {(str(s), str(c)) for s, c in target_categories}
     sent = set(sentinel_suites)
     rows = [
-        (_outcome(rb, config.metric), _outcome(ra, config.metric))
+        (is_solved(rb, config.metric), is_solved(ra, config.metric))
         for rb, ra in pairs
         if _is_binary(rb)
-        and str(_get(rb, "suite")) not in sent
-        and (str(_get(rb, "suite")), str(_get(rb, "category"))) not in wanted
+        and str(record_field(rb, "suite")) not in sent
+        and (str(record_field(rb, "suite")), str(record_field(rb, "category"))) not in wanted
     ]
     if not rows:
         return None
@@ -780,8 +658,8 @@ def _binary_noninferiority(
     name: str, rows: list[tuple[Any, Any]], config: GateConfig
 ) -> SentinelResult:
     t = noninferiority_binary(
-        [_outcome(rb, config.metric) for rb, _ in rows],
-        [_outcome(ra, config.metric) for _, ra in rows],
+        [is_solved(rb, config.metric) for rb, _ in rows],
+        [is_solved(ra, config.metric) for _, ra in rows],
         config.sentinel_margin,
         alpha=config.alpha,
         metric=config.metric,
@@ -795,11 +673,11 @@ def _sentinels(
     out: list[SentinelResult] = []
     binary_by_suite: dict[str, list[tuple[Any, Any]]] = {}
     for suite in sentinel_suites:
-        rows = [(rb, ra) for rb, ra in pairs if _get(rb, "suite") == suite]
+        rows = [(rb, ra) for rb, ra in pairs if record_field(rb, "suite") == suite]
         if not rows:
             raise ValueError(f"sentinel suite {suite!r} has no records in the evaluation")
         binary = [(rb, ra) for rb, ra in rows if _is_binary(rb)]
-        nll = [(rb, ra) for rb, ra in rows if _get(rb, "mode") == "nll"]
+        nll = [(rb, ra) for rb, ra in rows if record_field(rb, "mode") == "nll"]
         if not binary and not nll:
             raise ValueError(
                 f"sentinel suite {suite!r} has neither binary (`correct`) nor NLL-mode records"
@@ -817,8 +695,8 @@ def _sentinels(
         binary_results = [_binary_noninferiority(name, pooled, config)]
         for suite, rows in binary_by_suite.items():
             h = mcnemar_exact(
-                [_outcome(rb, config.metric) for rb, _ in rows],
-                [_outcome(ra, config.metric) for _, ra in rows],
+                [is_solved(rb, config.metric) for rb, _ in rows],
+                [is_solved(ra, config.metric) for _, ra in rows],
                 alternative="less",
             )
             binary_results.append(
@@ -839,7 +717,7 @@ def _nll_sentinel(suite: str, rows: list[tuple[Any, Any]], config: GateConfig) -
     broken = [
         _key(rb)
         for rb, ra in rows
-        if _finite(_get(rb, "ref_nll")) and not _finite(_get(ra, "ref_nll"))
+        if _finite(record_field(rb, "ref_nll")) and not _finite(record_field(ra, "ref_nll"))
     ]
     if broken:
         return SentinelResult(
@@ -850,9 +728,9 @@ def _nll_sentinel(suite: str, rows: list[tuple[Any, Any]], config: GateConfig) -
             note=f"{len(broken)} items have non-finite ref_nll after the round: {_fmt_keys(broken)}",
         )
     usable = [
-        (float(_get(rb, "ref_nll")), float(_get(ra, "ref_nll")))
+        (float(record_field(rb, "ref_nll")), float(record_field(ra, "ref_nll")))
         for rb, ra in rows
-        if _finite(_get(rb, "ref_nll")) and _finite(_get(ra, "ref_nll"))
+        if _finite(record_field(rb, "ref_nll")) and _finite(record_field(ra, "ref_nll"))
     ]
     if len(usable) < 2:
         return SentinelResult(
@@ -877,11 +755,17 @@ def _nll_sentinel(suite: str, rows: list[tuple[Any, Any]], config: GateConfig) -
     return SentinelResult(suite=suite, kind="nll", test=t, passed=t.non_inferior, note=note)
 
 
-def check_losses(train_losses: Sequence[float] | None, max_loss_ratio: float) -> tuple[bool, str]:
-    """Training health: all losses finite and last ≤ ``max_loss_ratio`` × first.
+def check_losses(
+    train_losses: Sequence[float] | None, max_loss_ratio: float = DEFAULT_MAX_LOSS_RATIO
+) -> tuple[bool, str]:
+    """Training health: all losses finite and last ≤ ``max_loss_ratio`` × the first non-zero.
 
-    ``None`` means "not supplied" and passes; an empty sequence fails (training that
-    recorded no loss did not happen as planned).
+    The one divergence rule (the gate's loss check and ``TrainResult.diverged``). The
+    reference is the first *non-zero* logged loss: a logging step of only KL-anchor rows logs
+    exactly 0 at the start (the LoRA update is still zero, so policy = base), and ``last >
+    ratio × 0`` would call every such run diverged. ``None`` means "not supplied" and
+    passes; an empty sequence fails (training that recorded no loss did not happen as
+    planned). Returns ``(ok, reason line)``.
     """
     if train_losses is None:
         return True, "ok: training losses not supplied; loss check skipped"
@@ -894,13 +778,15 @@ def check_losses(train_losses: Sequence[float] | None, max_loss_ratio: float) ->
             f"rejected: {len(bad)} non-finite training losses (first at step {bad[0]}: "
             f"{losses[bad[0]]})"
         )
-    first, last = losses[0], losses[-1]
+    first = next((v for v in losses if v != 0.0), 0.0)
+    last = losses[-1]
+    label = "first" if first == losses[0] else "first non-zero"
     if last > max_loss_ratio * first:
         return False, (
             f"rejected: training diverged, last loss {last:.4g} > {max_loss_ratio:g} × "
-            f"first {first:.4g}"
+            f"{label} {first:.4g}"
         )
-    return True, f"ok: training losses finite, last {last:.4g} vs first {first:.4g}"
+    return True, f"ok: training losses finite, last {last:.4g} vs {label} {first:.4g}"
 
 
 def decide(
@@ -949,11 +835,16 @@ def decide(
     target = _target(pairs, target_categories, config) if target_categories else None
     if target is not None:
         t = target.pooled
+        if target.bootstrap is None:
+            test, p_gain = "exact McNemar", t.p_greater
+        else:
+            test = f"paired bootstrap ({target.bootstrap.n_boot} resamples)"
+            p_gain = target.bootstrap.p_value
         line = (
-            f"target gain: exact McNemar one-sided on {t.n} pooled items, "
+            f"target gain: {test} one-sided on {t.n} pooled items, "
             f"{t.before_rate:.3f} → {t.after_rate:.3f} (Δ {t.delta:+.3f}, "
             f"{t.confidence:.0%} CI [{t.delta_ci[0]:+.3f}, {t.delta_ci[1]:+.3f}]), "
-            f"b={t.b} right→wrong, c={t.c} wrong→right, p={t.p_greater:.3g} vs α={config.alpha:g}"
+            f"b={t.b} right→wrong, c={t.c} wrong→right, p={p_gain:.3g} vs α={config.alpha:g}"
         )
         if target.significant:
             reasons.append("ok: " + line)

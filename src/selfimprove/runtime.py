@@ -1,10 +1,10 @@
 """Run-time compute policy: thread count and dtype, decided in one place.
 
 Machines differ: on CPUs with AVX512-BF16 or AMX, bf16 autocast was ~1.4-3x faster than fp32
-(generation and LoRA steps); on AVX2-only CPUs it was 4-5x *slower* (DESIGN §3). So the
-policy ``auto`` picks bf16 autocast only when the CPU advertises native bf16 support, and
-every run records the choice in its provenance. Weights stay fp32 (fp16 does not work on CPU);
-bf16 applies through ``torch.autocast``.
+(generation and LoRA steps); on AVX2-only CPUs it was 4-5x *slower* (README, "Notes and
+known limits"). So the policy ``auto`` picks bf16 autocast only when the CPU advertises
+native bf16 support, and every run records the choice in its provenance. Weights stay fp32
+(fp16 does not work on CPU); bf16 applies through ``torch.autocast``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ by creation time and a short unique prefix is enough to name one on the command 
 What it does:
 
 - registers runs (kind, status, model, seed, resolved config, provenance, summary, parent run)
-  and moves them through ``running`` → ``completed`` | ``failed`` | ``interrupted``;
-  :meth:`RunStore.track` does this around a ``with`` block;
+  and moves them through ``running`` → ``completed`` | ``failed`` | ``interrupted``.
+  Every stage opens and closes its runs the same way: :meth:`RunStore.track` creates a run
+  around a ``with`` block and records how the block ended; :meth:`RunStore.resume`
+  re-opens an interrupted or failed one the same way (:meth:`RunStore.resumable` checks it
+  first, before a model is loaded);
 - writes artifacts crash-safely: whole files atomically (temp file in the same folder,
   fsync, ``os.replace``), streamed JSONL by appending and fsyncing per batch so an
   interrupted evaluation keeps the records it finished;
@@ -59,7 +62,8 @@ logger = logging.getLogger(__name__)
 RunStatus = Literal["running", "completed", "failed", "interrupted"]
 FinalStatus = Literal["completed", "failed", "interrupted"]
 
-#: Default root when the caller has no better idea (the CLI passes it explicitly).
+#: The store folder when neither ``--store`` nor ``store.root`` in selfimprove.yaml names one
+#: (relative: resolved against the working directory). The one place this name is written.
 DEFAULT_ROOT = Path("selfimprove_runs")
 REGISTRY_NAME = "registry.sqlite"
 RUNS_DIRNAME = "runs"
@@ -375,7 +379,7 @@ class RunStore:
     empty root finds no runs and creates nothing.
 
     Args:
-        root: The store's folder (the CLI's default is ``./selfimprove_runs``).
+        root: The store's folder (the CLI's default is :data:`DEFAULT_ROOT`).
         busy_timeout_s: How long a write waits for another process's lock before failing.
     """
 
@@ -708,20 +712,40 @@ class RunStore:
         with self._finishing(run):
             yield run
 
-    @contextmanager
-    def resume(self, run_id: str) -> Iterator[RunInfo]:
-        """Re-open an ``interrupted`` or ``failed`` run for the ``with`` block (like :meth:`track`).
+    def resumable(self, run_id: str, *, kind: str | None = None) -> RunInfo:
+        """The run :meth:`resume` would re-open, checked now (before any expensive setup).
 
-        The run becomes ``running`` again under this process; how the block ends is
-        recorded as in :meth:`track`. Resuming a ``completed`` run, or one still running
-        in a live process, raises StoreError.
+        Args:
+            run_id: Run id or unique prefix.
+            kind: The kind the caller can continue (``eval``, ``run`` ...); None: any.
+
+        Raises:
+            StoreError: No such run, a run of another kind, or one that is ``completed`` or
+                still running in a live process.
         """
         self.mark_stale_running()
         run = self.get_run(run_id)
+        if kind is not None and run.kind != kind:
+            raise StoreError(
+                f"run {run.id} is of kind {run.kind!r}, not {kind!r}, so it cannot be resumed "
+                f"here; `selfimprove runs list --kind {kind}` lists the runs that can"
+            )
         if run.status not in ("interrupted", "failed"):
             raise StoreError(
                 f"run {run.id} is {run.status}; only an interrupted or failed run can be resumed"
             )
+        return run
+
+    @contextmanager
+    def resume(self, run_id: str, *, kind: str | None = None) -> Iterator[RunInfo]:
+        """Re-open an ``interrupted`` or ``failed`` run for the ``with`` block (like :meth:`track`).
+
+        The run becomes ``running`` again under this process; how the block ends is
+        recorded as in :meth:`track`. The checks are :meth:`resumable`'s: resuming a run of
+        another ``kind``, a ``completed`` run, or one still running in a live process raises
+        StoreError.
+        """
+        run = self.resumable(run_id, kind=kind)
         with self._connect() as conn:
             conn.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "

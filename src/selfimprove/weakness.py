@@ -37,19 +37,29 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from selfimprove.evaluate import EvalRecord, wilson_ci
+from selfimprove.evaluate import EvalRecord, Metric, MetricField, is_solved
+from selfimprove.stats import wilson_ci
 
-Metric = Literal["strict", "extracted"]
+__all__ = [
+    "Metric",
+    "WeakArea",
+    "WeaknessConfig",
+    "classify_failure",
+    "rank_weak_areas",
+    "stalled_targets",
+]
 
 
 class WeaknessConfig(BaseModel):
     """How weak areas are chosen (the users' thresholds, sec. 001)."""
 
     model_config = {"extra": "forbid"}
-    metric: Metric = Field(
-        "extracted",
-        description="Error of 'extracted' accuracy (the skill: answer found anywhere) or "
-        "'strict' (correct AND strict format; at baseline nearly every category fails it).",
+    metric: MetricField = Field(
+        "correct",
+        description="Error of 'correct' accuracy (the skill: answer extracted anywhere "
+        "sensible) or 'strict' (correct AND strict format; at baseline nearly every category "
+        "fails it); see selfimprove.evaluate.is_solved. The old spelling 'extracted' is read "
+        "as 'correct'.",
     )
     error_threshold: float = Field(
         0.3, ge=0.0, le=1.0, description="A category is weak if its error rate is at least this."
@@ -88,9 +98,9 @@ class WeakArea(BaseModel):
 
 
 def classify_failure(r: EvalRecord, metric: Metric = "strict") -> str | None:
-    """``None`` if the item counts as solved, else the failure type."""
-    ok = bool(r.correct and r.format_ok) if metric == "strict" else bool(r.correct)
-    if ok:
+    """``None`` if the item counts as solved (:func:`~selfimprove.evaluate.is_solved`), else
+    the failure type."""
+    if is_solved(r, metric):
         return None
     if r.correct and not r.format_ok:
         return "format_error"
@@ -174,7 +184,7 @@ def stalled_targets(
     before: Iterable[EvalRecord],
     after: Iterable[EvalRecord],
     targets: Sequence[tuple[str, str]],
-    metric: Metric = "extracted",
+    metric: Metric = "correct",
 ) -> dict[tuple[str, str], str]:
     """Targets whose solved count on the same fixed items did not rise from ``before`` (the
     model a round started from) to ``after`` (the round's trained candidate), with the counts.

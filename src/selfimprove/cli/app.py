@@ -28,6 +28,7 @@ from rich.table import Table
 
 from selfimprove.errors import SelfImproveError
 from selfimprove.evaluate import ProgressHook
+from selfimprove.store import DEFAULT_ROOT
 
 app = typer.Typer(
     name="selfimprove",
@@ -53,7 +54,11 @@ ConfigOpt = Annotated[
     ),
 ]
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="Run store folder (default: ./selfimprove_runs).")
+    str | None,
+    typer.Option(
+        "--store",
+        help=f"Run store folder (default: store.root in the config file, else ./{DEFAULT_ROOT}).",
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -69,6 +74,14 @@ DtypeOpt = Annotated[
     typer.Option(help="auto | fp32 | bf16 (auto: bf16 only on CPUs with native bf16)."),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+def store_root(config: Path | None, store: str | None) -> str:
+    """The run store folder as every command resolves it: ``--store``, else the config file's
+    ``store.root``, else :data:`~selfimprove.store.DEFAULT_ROOT`."""
+    from selfimprove.config import load_config
+
+    return load_config(config, {"store": {"root": store}}).store.root
 
 
 def _verbosity(verbose: bool) -> None:
@@ -287,7 +300,7 @@ def run_cmd(
             "arms": [a.strip() for a in arms.split(",")] if arms else None,
             "eval_n": eval_n,
             "sentinel_n": sentinel_n,
-            "weight_policy": weight_policy,
+            "train": {"weight_policy": weight_policy},
             "seed": seed,
         },
         "runtime": {"threads": threads, "dtype": dtype},
@@ -303,8 +316,8 @@ def run_cmd(
     for c in ("round", "arm", "targets", "train ex", "final loss", "gate", "why", "seconds"):
         t.add_column(c)
     for r in result.rounds:
-        reasons = "; ".join(r.gate.get("reasons", [])[:2])
-        loss = r.train.get("final_loss")
+        reasons = "; ".join(r.reasons[:2])
+        loss = r.train.final_loss if r.train is not None else None
         t.add_row(
             str(r.round),
             r.arm,
@@ -317,42 +330,40 @@ def run_cmd(
         )
     console.print(t)
     s = result.summary
-    for k, why in (s.get("retired_targets") or {}).items():
+    for k, why in s.retired_targets.items():
         console.print(f"Retired target {k} ({why}): not chosen again")
-    arms_ = list(s.get("accepted_rounds", {}))
-    ct = Table(title=f"Per-category {s.get('metric')} accuracy, % [95% CI] (* = targeted)")
+    arms_ = list(s.accepted_rounds)
+    ct = Table(title=f"Per-category {s.metric} accuracy, % [95% CI] (* = targeted)")
     for c in ("suite", "category", "n", "before", *[f"after ({a})" for a in arms_]):
         ct.add_column(c, justify="right" if c not in ("suite", "category") else "left")
-    for row in s.get("per_category", []):
+    for row in s.per_category:
         ct.add_row(
-            row["suite"],
-            ("* " if row["target"] else "") + row["category"],
-            str(row["n"]),
-            _fmt_rate(row["before"], row["before_ci"]),
-            *[_fmt_rate(row.get(f"after_{a}"), row.get(f"after_{a}_ci")) for a in arms_],
+            row.suite,
+            ("* " if row.target else "") + row.category,
+            str(row.n),
+            _fmt_rate(row.before, row.before_ci),
+            *[_fmt_rate(row.after.get(a), row.after_ci.get(a)) for a in arms_],
         )
     console.print(ct)
     console.print(
-        f"Target accuracy ({s.get('metric')}) before {_fmt_rate(s.get('target_acc_before'))}%  "
+        f"Target accuracy ({s.metric}) before {_fmt_rate(s.target_acc_before)}%  "
         + "  ".join(
-            f"after[{arm}] {_fmt_rate(s.get(f'target_acc_after_{arm}'))}%"
-            for arm in s.get("accepted_rounds", {})
+            f"after[{arm}] {_fmt_rate(s.target_acc_after.get(arm))}%" for arm in s.accepted_rounds
         )
     )
-    e = s.get("efficiency") or {}
-    if e.get("n_items"):
-        ratio = e.get("ratio")
-        rci = e.get("ratio_ci")
+    e = s.efficiency
+    if e is not None and e.n_items:
+        gt, gr = e.gain_targeted or 0.0, e.gain_random or 0.0
+        gt_ci, gr_ci = e.gain_targeted_ci or (gt, gt), e.gain_random_ci or (gr, gr)
         console.print(
-            f"Last round, {e['n_items']} target items: gain targeted "
-            f"{100 * e['gain_targeted']:+.1f} pts [{100 * e['gain_targeted_ci'][0]:+.1f}, "
-            f"{100 * e['gain_targeted_ci'][1]:+.1f}], random {100 * e['gain_random']:+.1f} pts "
-            f"[{100 * e['gain_random_ci'][0]:+.1f}, {100 * e['gain_random_ci'][1]:+.1f}]; "
+            f"Last round, {e.n_items} target items: gain targeted "
+            f"{100 * gt:+.1f} pts [{100 * gt_ci[0]:+.1f}, {100 * gt_ci[1]:+.1f}], "
+            f"random {100 * gr:+.1f} pts [{100 * gr_ci[0]:+.1f}, {100 * gr_ci[1]:+.1f}]; "
             f"efficiency ratio (targeted ÷ random, same example count): "
-            + ("undefined (random gain ≤ 0)" if ratio is None else f"{ratio:.2f}")
-            + (f" [{rci[0]:.2f}, {rci[1]:.2f}]" if rci else "")
+            + ("undefined (random gain ≤ 0)" if e.ratio is None else f"{e.ratio:.2f}")
+            + (f" [{e.ratio_ci[0]:.2f}, {e.ratio_ci[1]:.2f}]" if e.ratio_ci else "")
         )
-    console.print(f"Report: {s.get('report')}")
+    console.print(f"Report: {s.report}")
     console.print(f"Run [bold]{result.run_id}[/] saved to {result.run_dir}")
 
 
@@ -414,14 +425,14 @@ def sweep(
     ):
         t.add_column(c)
     for r in rows:
-        eff = r.get("efficiency_ratio")
+        eff = r.efficiency_ratio
         t.add_row(
-            str(r["value"]),
-            r["run_id"],
-            ", ".join(r.get("targets") or []),
-            _fmt_rate(r.get("target_acc_before")),
-            *[_fmt_rate(r.get(f"target_acc_after_{a}")) for a in arms_],
-            str(r.get("accepted_rounds")),
+            str(r.value),
+            r.run_id,
+            ", ".join(r.targets),
+            _fmt_rate(r.target_acc_before),
+            *[_fmt_rate(r.target_acc_after.get(a)) for a in arms_],
+            str(r.accepted_rounds),
             "–" if eff is None else f"{eff:.2f}",
         )
     console.print(t)
@@ -464,6 +475,7 @@ def config_cmd(
 
 @runs_app.command("list")
 def runs_list(
+    config: ConfigOpt = None,
     store: StoreOpt = None,
     limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
     kind: Annotated[
@@ -473,7 +485,7 @@ def runs_list(
     """List runs, newest first."""
     from selfimprove.store import RunStore
 
-    st = RunStore(store or "selfimprove_runs")
+    st = RunStore(store_root(config, store))
     st.mark_stale_running()
     rows = st.list_runs(limit=limit, kind=kind)
     if not rows:
@@ -501,6 +513,7 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(
     run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
+    config: ConfigOpt = None,
     store: StoreOpt = None,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print only the metrics as a Markdown table.")
@@ -510,7 +523,7 @@ def runs_show(
     from selfimprove.evaluate import CategoryMetrics
     from selfimprove.store import RunStore
 
-    st = RunStore(store or "selfimprove_runs")
+    st = RunStore(store_root(config, store))
     r = st.get_run(run_id)
     if markdown:
         mp = Path(r.path) / "metrics.json"

@@ -8,12 +8,12 @@ calibration; ``selfimprove bench planted`` runs the planted-change benchmark.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from selfimprove.cli.app import StoreOpt, _verbosity, app, console
+from selfimprove.cli.app import ConfigOpt, StoreOpt, _verbosity, app, console, store_root
 
 bench_app = typer.Typer(help="Benchmarks of the behavior-change detector.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -109,73 +109,82 @@ def diff_cmd(
             "fine-tunes on the same data with different seeds) instead of MODEL with itself."
         ),
     ] = None,
+    config: ConfigOpt = None,
     suites: SuitesOpt = None,
     prompts: Annotated[
         str | None, typer.Option(help="JSONL prompt bank: {prompt, region?, target?} per line.")
     ] = None,
     n_per_region: Annotated[
-        int, typer.Option(help="Prompts per region (half screen, half test).")
-    ] = 24,
+        int | None, typer.Option(help="Prompts per region (half screen, half test).")
+    ] = None,
     regions: Annotated[
-        str, typer.Option(help="Regions from suites: 'category' (suite/category) or 'suite'.")
-    ] = "category",
+        str | None,
+        typer.Option(help="Regions from suites: 'category' (suite/category) or 'suite'."),
+    ] = None,
     cluster: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="How --prompts rows without a region are grouped: 'embedding' (all-MiniLM-L6-v2, "
             "offline), 'tfidf', or 'auto' (embedding if installed)."
         ),
-    ] = "auto",
-    budget: Annotated[int, typer.Option(help="Sampled outputs per model for the tests.")] = 200,
-    q: Annotated[float, typer.Option("--q", help="False discovery rate.")] = 0.1,
-    fdr: Annotated[str, typer.Option(help="bh | saffron | addis")] = "bh",
-    k: Annotated[int, typer.Option(help="Screen positions.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Length of sampled outputs.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed (prompts, split, sampling).")] = 0,
-    seeds: Annotated[int, typer.Option(help="--null: number of seeds.")] = 10,
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option(help="Sampled outputs per model for the tests.")
+    ] = None,
+    q: Annotated[float | None, typer.Option("--q", help="False discovery rate.")] = None,
+    fdr: Annotated[str | None, typer.Option(help="bh | saffron | addis")] = None,
+    k: Annotated[int | None, typer.Option(help="Screen positions.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Length of sampled outputs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (prompts, split, sampling).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="--null: number of seeds.")] = None,
     min_per_region: Annotated[
-        int, typer.Option(help="Samples every region gets (--null: default 6).")
-    ] = 0,
-    explore: Annotated[int, typer.Option(help="Contrastive-decoding samples (exploratory).")] = 0,
+        int | None, typer.Option(help="Samples every region gets (--null: at least 6).")
+    ] = None,
+    explore: Annotated[
+        int | None, typer.Option(help="Contrastive-decoding samples (exploratory).")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Where does CANDIDATE behave differently from BASE? Ranked regions with FDR control."""
+    """Where does CANDIDATE behave differently from BASE? Ranked regions with FDR control.
+
+    Options not given come from the diff: section of the config file, then the defaults
+    (`selfimprove config --defaults` lists them).
+    """
     _verbosity(verbose)
-    from selfimprove.diff.detect import DiffConfig
-    from selfimprove.diff.run import (
-        DEFAULT_SUITES,
-        build_regions,
-        load_pair,
-        null_calibration,
-        run_diff,
-    )
+    from selfimprove.config import load_config
+    from selfimprove.diff.run import build_regions, load_pair, null_calibration, run_diff
     from selfimprove.engine import Engine
     from selfimprove.errors import ConfigError
     from selfimprove.runtime import resolve_runtime
 
-    if fdr not in ("bh", "saffron", "addis"):
-        raise ConfigError(f"--fdr must be bh, saffron or addis, not {fdr!r}.")
-    if regions not in ("category", "suite"):
-        raise ConfigError(f"--regions must be category or suite, not {regions!r}.")
-    if cluster not in ("auto", "embedding", "tfidf"):
-        raise ConfigError(f"--cluster must be auto, embedding or tfidf, not {cluster!r}.")
-    by: Any = regions
-    cl: Any = cluster
-    suite_list = _suites(suites) or (None if prompts else DEFAULT_SUITES)
-    cfg = DiffConfig(
-        n_per_region=n_per_region,
-        budget=budget,
-        q=q,
-        fdr=fdr,  # type: ignore[arg-type]
-        k=k,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        min_per_region=min_per_region,
-    )
-    runtime = resolve_runtime(threads)
+    overrides = {
+        "diff": {
+            "suites": _suites(suites),
+            "prompts": prompts,
+            "n_per_region": n_per_region,
+            "regions": regions,
+            "cluster": cluster,
+            "budget": budget,
+            "q": q,
+            "fdr": fdr,
+            "k": k,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "null_seeds": seeds,
+            "min_per_region": min_per_region,
+            "explore": explore,
+        },
+        "runtime": {"threads": threads},
+        "store": {"root": store},
+    }
+    settings = load_config(config, overrides)
+    d = settings.diff
+    cfg = d.detect_config()
+    suite_list = d.region_suites()
+    runtime = resolve_runtime(settings.runtime.threads)
 
     def phase(text: str) -> None:
         console.print(f"[bold cyan]▶[/] {text}")
@@ -186,7 +195,7 @@ def diff_cmd(
         phase(f"Loading {null}")
         other = None
         if null_adapters:
-            dirs = [d.strip() for d in null_adapters.split(",") if d.strip()]
+            dirs = [x.strip() for x in null_adapters.split(",") if x.strip()]
             if len(dirs) != 2:
                 raise ConfigError(
                     f"--null-adapters needs two adapter folders separated by a comma, got {dirs}."
@@ -197,12 +206,12 @@ def diff_cmd(
         else:
             m = load_model(null)
         eng = Engine(m, runtime=runtime)
-        c = cfg.model_copy(update={"min_per_region": min_per_region or 6})
+        c = cfg.model_copy(update={"min_per_region": cfg.min_per_region or 6})
         cal, _ = null_calibration(
             eng,
-            lambda s: build_regions(suite_list, prompts, n_per_region, s, by, cl),
+            lambda s: build_regions(suite_list, d.prompts, d.n_per_region, s, d.regions, d.cluster),
             c,
-            list(range(seed, seed + seeds)),
+            list(range(cfg.seed, cfg.seed + d.null_seeds)),
             other=other,
             phase=phase,
         )
@@ -221,15 +230,18 @@ def diff_cmd(
         raise ConfigError("Give a CANDIDATE model or --adapter DIR to compare with BASE.")
     phase("Loading models")
     a, b = load_pair(base, candidate, adapter)
-    region_list = build_regions(suite_list, prompts, n_per_region, seed, by, cl)
+    region_list = build_regions(
+        suite_list, d.prompts, d.n_per_region, cfg.seed, d.regions, d.cluster
+    )
     run = run_diff(
         a,
         b,
         region_list,
         cfg,
-        store_root=store or "selfimprove_runs",
+        store_root=settings.store.root,
         runtime=runtime,
-        explore=explore,
+        explore=d.explore,
+        explore_lambda=d.explore_lambda,
         phase=phase,
     )
     if as_json:
@@ -264,6 +276,7 @@ def planted_cmd(
     ] = "kl",
     q: Annotated[float, typer.Option("--q")] = 0.1,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    config: ConfigOpt = None,
     store: StoreOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -293,7 +306,7 @@ def planted_cmd(
     bench = run_planted_benchmark(
         cfg,
         list(range(seed, seed + seeds)),
-        store_root=store or "selfimprove_runs",
+        store_root=store_root(config, store),
         runtime=resolve_runtime(threads),
         phase=phase,
     )

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from selfimprove.cli.app import StoreOpt, _verbosity, app, console
+from selfimprove.cli.app import ConfigOpt, StoreOpt, _verbosity, app, console
 
 
 def _cell(v: Any) -> str:
@@ -26,41 +26,56 @@ def _cell(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+def _names(csv: str | None) -> list[str] | None:
+    """Comma-separated names as a list; None when the flag was not given."""
+    return None if csv is None else [x.strip() for x in csv.split(",") if x.strip()]
+
+
 @app.command("interp")
 def interp_cmd(
     analysis: Annotated[
         str,
         typer.Argument(help="activations | attention | heads | saliency | causal | lora"),
     ],
+    config: ConfigOpt = None,
     model: Annotated[
-        str, typer.Option("--model", "-m", help="'embedded', a local model folder, or tiny-llama.")
-    ] = "embedded",
+        str | None,
+        typer.Option("--model", "-m", help="'embedded', a local model folder, or tiny-llama."),
+    ] = None,
     adapter: Annotated[
         str | None, typer.Option(help="PEFT adapter folder (required for `lora`).")
     ] = None,
     suites: Annotated[
-        str,
+        str | None,
         typer.Option("--suites", "-s", help="Comma-separated suites (target suites for `lora`)."),
-    ] = "arithmetic,word_sort",
+    ] = None,
     control: Annotated[
-        str, typer.Option(help="`lora` only: comma-separated control suites.")
-    ] = "general_nll",
+        str | None, typer.Option(help="`lora` only: comma-separated control suites.")
+    ] = None,
     n: Annotated[
         int | None, typer.Option("--n", "-n", help="Items per suite (default per analysis).")
     ] = None,
     label_by: Annotated[
         str | None, typer.Option(help="suite | category (default: suite if several suites).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for items, splits and permutations.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for items, splits and permutations.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     store: StoreOpt = None,
     rows: Annotated[int, typer.Option(help="Table rows to print.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
-    """Interpretability: probes, attention, head importance, saliency, patching/steering, LoRA knockout."""
+    """Interpretability: probes, attention, head importance, saliency, patching/steering, LoRA knockout.
+
+    Options not given come from the config file (the interp: section; the model from model:),
+    then the defaults (`selfimprove config --defaults` lists them).
+    """
     _verbosity(verbose)
+    from selfimprove.config import load_config
     from selfimprove.errors import ConfigError
+    from selfimprove.evaluate import resolve_suites
     from selfimprove.interp import ANALYSES, load_for_interp, run_interp
     from selfimprove.runtime import resolve_runtime
     from selfimprove.store import RunStore
@@ -68,24 +83,33 @@ def interp_cmd(
     if analysis not in ANALYSES:
         run_interp_names = ", ".join(ANALYSES)
         raise ConfigError(f"unknown analysis {analysis!r}. Choose one of: {run_interp_names}.")
-    if label_by not in (None, "suite", "category"):
-        raise ConfigError(f"--label-by must be 'suite' or 'category', got {label_by!r}.")
-    resolve_runtime(threads, "fp32")
-    suite_list = [s.strip() for s in suites.split(",") if s.strip()]
-    from selfimprove.evaluate import resolve_suites
-
-    resolve_suites(suite_list)  # unknown suite -> TaskError before the model loads
-    loaded = load_for_interp(model, adapter)
-    console.print(f"[bold cyan]▶[/] interp {analysis} on {loaded.name} ({', '.join(suite_list)})")
+    overrides = {
+        "model": {"name": model, "adapter": adapter},
+        "interp": {
+            "suites": _names(suites),
+            "control_suites": _names(control),
+            "n": n,
+            "label_by": label_by,
+            "seed": seed,
+        },
+        "runtime": {"threads": threads},
+        "store": {"root": store},
+    }
+    cfg = load_config(config, overrides)
+    ic = cfg.interp
+    resolve_runtime(cfg.runtime.threads, "fp32")
+    resolve_suites(ic.suites)  # unknown suite -> TaskError before the model loads
+    loaded = load_for_interp(cfg.model.name, cfg.model.adapter)
+    console.print(f"[bold cyan]▶[/] interp {analysis} on {loaded.name} ({', '.join(ic.suites)})")
     result = run_interp(
         analysis,
         loaded,
-        suites=suite_list,
-        n=n,
-        seed=seed,
-        store=RunStore(store or "selfimprove_runs"),
-        control_suites=[s.strip() for s in control.split(",") if s.strip()],
-        label_by=label_by,
+        suites=ic.suites,
+        n=ic.n,
+        seed=ic.seed,
+        store=RunStore(cfg.store.root),
+        control_suites=ic.control_suites,
+        label_by=ic.label_by,
     )
     if as_json:
         console.print_json(json.dumps(result.summary, default=str))

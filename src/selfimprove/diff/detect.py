@@ -1,6 +1,7 @@
 """``detect_changes``: where does model B behave differently from model A?
 
-Pipeline (DESIGN §6), one library call:
+Pipeline, one library call (``selfimprove diff A B`` runs it; README, "Behavior-change
+detection"):
 
 1. **Regions** (:mod:`.regions`): a fixed family of prompt sets, decided before any model
    output is seen. Each region's prompts are split, seeded and disjoint, into a screening
@@ -33,7 +34,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from selfimprove.diff.allocate import allocate_budget
@@ -402,12 +402,3 @@ def detect_changes(
         cost=cost,
         identical_weights=identical,
     )
-
-
-def screen_score_summary(result: DiffResult) -> dict[str, float]:
-    """Screen score per region (handy for gates and plots)."""
-    return {r.region: r.screen.score for r in result.regions}
-
-
-def mean_or_nan(xs: Sequence[float]) -> float:
-    return float(np.mean(xs)) if len(xs) else float("nan")

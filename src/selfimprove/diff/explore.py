@@ -6,9 +6,10 @@ constant, to logits B − λ·logits A) restricted to B's plausible tokens
 These outputs amplify differences and do not represent typical behavior; they are labelled
 exploratory and kept out of the FDR family.
 
-Forward passes use the two engines' models directly (batch 1, KV cache), one token at a
-time; this is the only primitive here that combines two models' logits, and it may move into
-:mod:`selfimprove.engine` later.
+Forward passes use the two engines' models directly (batch 1, one KV cache each), one token
+at a time: each next token depends on both models' logits, which no engine call combines
+(the rule for passes outside the engine is in :mod:`selfimprove.engine`). Prompts are
+tokenised by engine B, so they are the text evaluation sees.
 """
 
 from __future__ import annotations

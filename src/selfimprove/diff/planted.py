@@ -32,32 +32,32 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from selfimprove.config import DEFAULT_SUITES
 from selfimprove.diff.detect import DiffConfig, DiffResult, RegionResult, detect_changes
 from selfimprove.diff.regions import Region, regions_from_suites
 from selfimprove.diff.stats import BINARY_STATS, mcnemar_power, pairs_for_power
 from selfimprove.engine import Engine
 from selfimprove.models import LoadedModel, attach_adapter, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
-from selfimprove.store import RunStore
+from selfimprove.store import DEFAULT_ROOT, RunStore
 
 log = logging.getLogger(__name__)
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 
 
+def _default_suites() -> list[str]:
+    """The evaluation's default suites plus three sentinels."""
+    # Imported here: config.py imports the diff package for its `diff:` section.
+    from selfimprove.config import DEFAULT_SUITES
+
+    return [*DEFAULT_SUITES, "sentinel_math", "sentinel_reasoning", "sentinel_format"]
+
+
 class PlantedConfig(BaseModel):
     """Settings of the planted-change benchmark."""
 
     model: str = "embedded"
-    suites: list[str] = Field(
-        default_factory=lambda: [
-            *DEFAULT_SUITES,
-            "sentinel_math",
-            "sentinel_reasoning",
-            "sentinel_format",
-        ]
-    )
+    suites: list[str] = Field(default_factory=lambda: _default_suites())
     region_by: Literal["category", "suite"] = Field(
         "suite",
         description="Regions are task families (suites) or their categories. Per category, "
@@ -272,7 +272,7 @@ def run_planted_benchmark(
     cfg: PlantedConfig,
     seeds: Sequence[int],
     *,
-    store_root: str | Path = "selfimprove_runs",
+    store_root: str | Path = DEFAULT_ROOT,
     runtime: Runtime | None = None,
     phase: Callable[[str], None] | None = None,
     base: LoadedModel | None = None,
@@ -280,19 +280,18 @@ def run_planted_benchmark(
     """Run the benchmark over ``seeds`` (see module doc); results go to a ``bench`` run."""
     say = phase or (lambda text: log.info(text))
     runtime = runtime or resolve_runtime()
-    store = RunStore(store_root)
-    info = store.create_run(
-        "bench-planted", config=cfg.model_dump(mode="json"), seed=seeds[0], model=cfg.model
-    )
-    run_dir = store.run_dir(info.id)
-    base = base or load_model(cfg.model)
-    ea = Engine(base, runtime=runtime)
     from selfimprove.evaluate import resolve_suites
 
+    store = RunStore(store_root)
     rows: list[PlantedRow] = []
     keep_cache: list[tuple[str, str]] | None = None
     n_regions = 0
-    try:
+    with store.track(
+        "bench-planted", config=cfg.model_dump(mode="json"), seed=seeds[0], model=cfg.model
+    ) as info:
+        run_dir = store.run_dir(info.id)
+        base = base or load_model(cfg.model)
+        ea = Engine(base, runtime=runtime)
         for s in seeds:
             regions = regions_from_suites(
                 resolve_suites(cfg.suites), cfg.n_per_region, seed=s, by=cfg.region_by
@@ -361,30 +360,28 @@ def run_planted_benchmark(
                 info.id, "planted_rows.jsonl", [r.model_dump(mode="json") for r in rows]
             )
             del cand, eb
-        found = sum(r.found for r in rows)
-        false = sum(r.false_regions for r in rows)
-        n_leaks = sum(len(r.leaks) for r in rows)
-        summary = (
-            f"planted region found in {found}/{len(rows)} seeds; {false} false region(s) in total "
-            f"(+{n_leaks} other flag(s) replicated on fresh prompts: real leaks of the planting); "
-            f"median samples per model {sorted(r.samples_per_model for r in rows)[len(rows) // 2]} vs "
-            f"uniform {sorted(r.uniform_samples_per_model for r in rows)[len(rows) // 2]}; "
-            f"max detection wall time {max(r.seconds for r in rows):.0f}s"
-        )
-        store.finish_run(info.id, "completed", summary={"summary": summary})
-    except BaseException as e:
-        store.finish_run(
-            info.id,
-            "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-            error=str(e)[:500],
-        )
-        raise
+        summary = _summarize(rows)
+        store.set_summary(info.id, {"summary": summary})
     return PlantedBenchmark(
         planted_region=cfg.planted_region,
         n_regions=n_regions,
         rows=rows,
         summary=summary,
         run_dir=run_dir,
+    )
+
+
+def _summarize(rows: Sequence[PlantedRow]) -> str:
+    """The benchmark's one-line outcome over all seeds."""
+    found = sum(r.found for r in rows)
+    false = sum(r.false_regions for r in rows)
+    n_leaks = sum(len(r.leaks) for r in rows)
+    return (
+        f"planted region found in {found}/{len(rows)} seeds; {false} false region(s) in total "
+        f"(+{n_leaks} other flag(s) replicated on fresh prompts: real leaks of the planting); "
+        f"median samples per model {sorted(r.samples_per_model for r in rows)[len(rows) // 2]} vs "
+        f"uniform {sorted(r.uniform_samples_per_model for r in rows)[len(rows) // 2]}; "
+        f"max detection wall time {max(r.seconds for r in rows):.0f}s"
     )
 
 

@@ -1,7 +1,8 @@
 """One diff run end to end: load models, build regions, detect, store records, write the page.
 
-This is what ``selfimprove diff`` calls. The loop's gate calls :func:`detect_changes`
-directly with engines it already holds.
+This is what ``selfimprove diff`` calls, with the ``diff:`` section of selfimprove.yaml
+(:class:`~selfimprove.diff.run_config.DiffRunConfig`). The loop's gate calls
+:func:`detect_changes` directly with engines it already holds.
 """
 
 from __future__ import annotations
@@ -29,17 +30,9 @@ from selfimprove.engine import Engine
 from selfimprove.errors import ModelLoadError
 from selfimprove.models import LoadedModel, attach_adapter, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
-from selfimprove.store import RunStore
+from selfimprove.store import DEFAULT_ROOT, RunStore
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SUITES = [
-    "sentinel_math",
-    "sentinel_reasoning",
-    "sentinel_format",
-    "refusal",
-    "benign_control",
-]
 
 
 class DiffRun(BaseModel):
@@ -103,7 +96,7 @@ def run_diff(
     regions: Sequence[Region],
     cfg: DiffConfig,
     *,
-    store_root: str | Path = "selfimprove_runs",
+    store_root: str | Path = DEFAULT_ROOT,
     runtime: Runtime | None = None,
     explore: int = 0,
     explore_lambda: float = 0.5,
@@ -115,13 +108,12 @@ def run_diff(
     ea = Engine(a, runtime=runtime)
     eb = ea if b is a else Engine(b, runtime=runtime)
     store = RunStore(store_root)
-    info = store.create_run(
+    with store.track(
         kind,
         config={"diff": cfg.model_dump(mode="json"), "base": a.name, "candidate": b.name},
         seed=cfg.seed,
         model=f"{a.name} vs {b.name}",
-    )
-    try:
+    ) as info:
         result = detect_changes(ea, eb, regions, cfg, phase=phase)
         weights = lora_delta_summary(b.model) if hasattr(b.model, "peft_config") else []
         exploration: list[ExploreSample] = []
@@ -153,19 +145,14 @@ def run_diff(
             exploration=exploration,
             weights=weights,
         )
-        store.finish_run(
+        store.set_summary(
             info.id,
-            "completed",
-            summary={
+            {
                 "flagged": [r.region for r in result.flagged],
                 "samples_per_model": result.cost.samples_per_model,
                 "seconds": result.cost.seconds,
             },
         )
-    except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        store.finish_run(info.id, status, error=str(e)[:500])  # type: ignore[arg-type]
-        raise
     return DiffRun(
         result=result,
         run_id=info.id,

@@ -6,8 +6,8 @@ Method:
   (one sampled output per model per prompt):
 
   - binary statistics (validator accuracy, refusal, format compliance): exact McNemar
-    test on the discordant pairs (two-sided), effect = rate(B) − rate(A) with Newcombe's
-    paired interval;
+    test on the discordant pairs (two-sided; :func:`selfimprove.stats.mcnemar_exact`, the
+    gate's test too), effect = rate(B) − rate(A) with Newcombe's paired interval;
   - length (generated tokens): Wilcoxon signed-rank test on the paired differences
     (two-sided), effect = mean difference with a t interval;
   - log-probability under the other model: per prompt
@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from selfimprove.gate import mcnemar_exact
+from selfimprove.stats import mcnemar_exact
 
 StatName = Literal["accuracy", "refusal", "format", "length", "logprob"]
 BINARY_STATS: tuple[StatName, ...] = ("accuracy", "refusal", "format")

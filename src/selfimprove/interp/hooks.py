@@ -95,16 +95,6 @@ class ArchLayout:
         """The attention output projection (``o_proj`` / ``c_proj``; maybe a LoRA wrapper)."""
         return getattr(self.attn(model, layer), self.out_proj_name)  # type: ignore[no-any-return]
 
-    def out_proj_weight(self, model: nn.Module, layer: int) -> torch.Tensor:
-        """The base weight as ``(d_model, H * D)`` (out, in); a Conv1D stores the transpose."""
-        mod = self.out_proj(model, layer)
-        base: Any = getattr(mod, "base_layer", mod)
-        w: torch.Tensor = base.weight
-        return w.T if self.family == "gpt2" else w
-
-    def embed(self, model: nn.Module) -> nn.Module:
-        return _get(unwrap(model), self.embed_path)  # type: ignore[no-any-return]
-
     def head_slice(self, head: int) -> slice:
         return slice(head * self.d_head, (head + 1) * self.d_head)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ import torch
 from selfimprove.errors import ConfigError, ModelLoadError
 from selfimprove.interp.common import InterpItem, items_from_pairs, pad_id_of
 from selfimprove.models import LoadedModel
-from selfimprove.store import RunStore
+from selfimprove.store import RunInfo, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,7 @@ def run_interp(
     torch.manual_seed(seed)
     loaded.model.eval()
     items = build_items(loaded, suites, n_eff, seed)
-    pad = pad_id_of(loaded)
-    model = loaded.model
+    control = build_items(loaded, control_suites, n_eff, seed + 1) if analysis == "lora" else []
     config = {
         "analysis": analysis,
         "suites": list(suites),
@@ -168,50 +168,52 @@ def run_interp(
     }
     from selfimprove.interp import dispatch
 
-    out = dispatch.run_analysis(
-        analysis,
-        model,
-        items,
-        pad,
-        by=by,
-        seed=seed,
-        opts=opts,
-        loaded=loaded,
-        control=build_items(loaded, control_suites, n_eff, seed + 1) if analysis == "lora" else [],
+    # The run is open while the analysis runs, so a crash or Ctrl-C is recorded as failed /
+    # interrupted with its error instead of leaving no trace.
+    run_ctx: AbstractContextManager[RunInfo | None] = (
+        nullcontext(None)
+        if store is None
+        else store.track("interp", config=config, seed=seed, model=loaded.name)
     )
-    res = InterpResult(
-        analysis=analysis,
-        model=loaded.name,
-        columns=out.columns,
-        rows=out.rows,
-        summary=out.summary,
-        records=out.records,
-        seconds=time.perf_counter() - t0,
-    )
-    if store is not None:
-        run = store.create_run(
-            "interp",
-            config=config,
+    with run_ctx as run:
+        out = dispatch.run_analysis(
+            analysis,
+            loaded.model,
+            items,
+            pad_id_of(loaded),
+            by=by,
             seed=seed,
-            model=loaded.name,
+            opts=opts,
+            loaded=loaded,
+            control=control,
         )
-        run_dir = store.run_dir(run.id)
-        store.write_json(run.id, f"{analysis}.json", {"config": config, **out.records})
-        store.write_records(run.id, "records.jsonl", out.rows)
-        meta = {
-            "model": loaded.name,
-            "weights": loaded.weights_hash,
-            "suites": ", ".join(suites),
-            "items": len(items),
-            "label": by,
-            "seed": seed,
-            "seconds": f"{res.seconds:.0f}",
-        }
-        from selfimprove.interp.report import render_interp_report
+        res = InterpResult(
+            analysis=analysis,
+            model=loaded.name,
+            columns=out.columns,
+            rows=out.rows,
+            summary=out.summary,
+            records=out.records,
+            seconds=time.perf_counter() - t0,
+        )
+        if store is not None and run is not None:
+            run_dir = store.run_dir(run.id)
+            store.write_json(run.id, f"{analysis}.json", {"config": config, **out.records})
+            store.write_records(run.id, "records.jsonl", out.rows)
+            meta = {
+                "model": loaded.name,
+                "weights": loaded.weights_hash,
+                "suites": ", ".join(suites),
+                "items": len(items),
+                "label": by,
+                "seed": seed,
+                "seconds": f"{res.seconds:.0f}",
+            }
+            from selfimprove.interp.report import render_interp_report
 
-        res.report = render_interp_report(run_dir, analysis, out.sections, meta=meta)
-        store.finish_run(run.id, "completed", summary=_flat(out.summary))
-        res.run_id, res.run_dir = run.id, run_dir
+            res.report = render_interp_report(run_dir, analysis, out.sections, meta=meta)
+            store.set_summary(run.id, _flat(out.summary))
+            res.run_id, res.run_dir = run.id, run_dir
     return res
 
 

@@ -9,7 +9,6 @@ filtered against the never-train registry, with a per-stage funnel.
 
 from selfimprove.synth.self_generated import (
     SelfDataConfig,
-    SelfExample,
     parse_variation,
     self_generated_data,
 )
@@ -23,7 +22,6 @@ from selfimprove.synth.templated import (
 __all__ = [
     "Funnel",
     "SelfDataConfig",
-    "SelfExample",
     "find_task",
     "parse_variation",
     "random_control_samples",

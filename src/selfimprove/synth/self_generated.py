@@ -16,7 +16,7 @@ Three sources, all on fresh (never-evaluated) items of the weak categories:
 
 Filters after generation: a perplexity band on model-written replies (reference NLL under
 the pre-round model; drops degenerate text above ``ppl_max``), near-duplicate removal
-(normalized text), and the never-train registry. The counts of every stage go into a
+(:func:`near_duplicate_key`), and the never-train registry. The counts of every stage go into a
 :class:`~selfimprove.synth.templated.Funnel`-like dict.
 """
 
@@ -31,9 +31,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove.engine import Engine
-from selfimprove.evaluate import ANSWER_LINE_STOP
+from selfimprove.evaluate import ANSWER_LINE_STOP, is_solved
 from selfimprove.tasks.base import Sample, Task
 from selfimprove.tasks.never_train import NeverTrainRegistry
+from selfimprove.train import TrainExample
 
 PRINCIPLES = (
     "1. Work step by step and check each step.",
@@ -64,28 +65,25 @@ class SelfDataConfig(BaseModel):
     )
 
 
-class SelfExample(BaseModel):
-    """One kept example (``source``: star, rationalized, critique, variation)."""
+def near_duplicate_key(text: str) -> str:
+    """The near-duplicate key of a training row: lower-cased, every run of characters that
+    are not letters or digits (Unicode ``[\\W_]``: punctuation, symbols such as "×" or "°",
+    whitespace) replaced by one space, stripped. ``"Add 2+3!"`` -> ``"add 2 3"``.
 
-    suite: str
-    task: str
-    category: str
-    sample_id: str
-    input_hash: str
-    prompt: str | list[dict[str, str]]
-    completion: str
-    source: str
-    rejected: str | None = None  # the original wrong reply, for critique pairs
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case, punctuation-free, single-spaced text: the near-duplicate key."""
+    Coarser than :func:`selfimprove.tasks.validators.normalize_text`, which compares answers
+    and keeps symbols outside ASCII and typographic punctuation ("5 °C" stays apart from
+    "5 C" there, not here): rows that differ only in symbols count as one example.
+    """
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
+#: Former name of :func:`near_duplicate_key`, kept while callers move over.
+normalize_text = near_duplicate_key
+
+
 def _ok(task: Task, output: str, sample: Sample) -> bool:
-    s = task.score(output, sample)
-    return bool(s.correct and s.format_ok)
+    """The verifier: the reply is solved under the ``strict`` metric (right and well-formatted)."""
+    return is_solved(task.score(output, sample), "strict")
 
 
 def _hint_prompt(sample: Sample, answer: str) -> list[dict[str, str]]:
@@ -205,13 +203,15 @@ def self_generated_data(
     registry: NeverTrainRegistry,
     seen: set[str],
     batch_size: int = 32,
-) -> tuple[list[SelfExample], dict[str, int]]:
+    rnd: int = 0,
+) -> tuple[list[TrainExample], dict[str, int]]:
     """Verified model-generated examples for the fresh items in ``pool`` (at most ``n_max``).
 
     ``engine`` is the arm's current model (it writes the data and scores its perplexity).
     ``seen`` holds normalized texts already in the training set; kept examples are added.
-    Returns the examples (critique revisions first, then rationalized, variations, STaR)
-    and the funnel counts of every stage.
+    Returns the rows (critique revisions first, then rationalized, variations, STaR; their
+    ``source`` says which, ``round`` is ``rnd``; a critique row's ``rejected`` is the original
+    wrong reply) and the funnel counts of every stage.
     """
     funnel: dict[str, int] = {"pool": len(pool)}
     if not pool or n_max <= 0:
@@ -223,17 +223,17 @@ def self_generated_data(
     }
     k = cfg.star_k
 
-    def ex(i: int, prompt: Any, completion: str, source: str, **kw: Any) -> SelfExample:
+    def ex(i: int, prompt: Any, completion: str, source: str, **kw: Any) -> TrainExample:
         su, t, s = pool[i]
-        return SelfExample(
+        return TrainExample(
+            id=s.id,
             suite=su,
-            task=t.name,
             category=t.category,
-            sample_id=s.id,
             input_hash=s.input_hash(),
             prompt=prompt,
             completion=completion.strip(),
             source=source,
+            round=rnd,
             **kw,
         )
 
@@ -248,7 +248,7 @@ def self_generated_data(
         seed=seed,
         **gen_kw,
     )
-    star: list[SelfExample] = []
+    star: list[TrainExample] = []
     wrong: dict[int, str] = {}
     for i, (_su, t, s) in enumerate(pool):
         replies = [g.text for g in outs[i * k : (i + 1) * k]]
@@ -261,7 +261,7 @@ def self_generated_data(
     funnel["star_verified"] = len(star)
     failed = sorted(wrong)
 
-    rational: list[SelfExample] = []
+    rational: list[TrainExample] = []
     if cfg.rationalize and failed:
         outs = engine.generate(
             [_hint_prompt(pool[i][2], pool[i][2].target) for i in failed for _ in range(k)],
@@ -281,7 +281,7 @@ def self_generated_data(
         funnel["rationalize_sampled"] = len(outs)
         funnel["rationalize_verified"] = len(rational)
 
-    critiques: list[SelfExample] = []
+    critiques: list[TrainExample] = []
     if cfg.critique and failed:
         outs = engine.generate(
             [_critique_prompt(pool[i][2], wrong[i]) for i in failed],
@@ -296,7 +296,7 @@ def self_generated_data(
         funnel["critique_written"] = len(outs)
         funnel["critique_verified"] = len(critiques)
 
-    variations: list[SelfExample] = []
+    variations: list[TrainExample] = []
     if cfg.variations and failed:
         outs = engine.generate(
             [_variation_prompt(pool[i][2]) for i in failed],
@@ -313,15 +313,15 @@ def self_generated_data(
                 continue
             parsed += 1
             variations.append(
-                SelfExample(
+                TrainExample(
+                    id=v.id,
                     suite=su,
-                    task=t.name,
                     category=t.category,
-                    sample_id=v.id,
                     input_hash=v.input_hash(),
                     prompt=v.input_text(),
                     completion=t.reference(v),
                     source="variation",
+                    round=rnd,
                 )
             )
         funnel["variation_written"] = len(outs)
@@ -341,17 +341,17 @@ def self_generated_data(
         }
     else:
         too_high = set()
-    kept: list[SelfExample] = []
+    kept: list[TrainExample] = []
     drops = {"dropped_perplexity": 0, "dropped_eval_overlap": 0, "dropped_duplicate": 0}
     for c in cands:
         if id(c) in too_high:
             drops["dropped_perplexity"] += 1
             continue
-        prompt_text = c.prompt if isinstance(c.prompt, str) else c.prompt[-1]["content"]
+        prompt_text = c.prompt if isinstance(c.prompt, str) else c.prompt[-1].content
         if prompt_text in registry:
             drops["dropped_eval_overlap"] += 1
             continue
-        key = normalize_text(prompt_text + " " + c.completion)
+        key = near_duplicate_key(prompt_text + " " + c.completion)
         if key in seen:
             drops["dropped_duplicate"] += 1
             continue

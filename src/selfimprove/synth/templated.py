@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from selfimprove.errors import TaskError
+from selfimprove.evaluate import is_solved
 from selfimprove.tasks.base import Sample, Task
 from selfimprove.tasks.never_train import NeverTrainRegistry
 from selfimprove.tasks.suites import get_suite, list_suites
@@ -82,7 +83,8 @@ def _draw(
         if h in seen:
             funnel.dropped_duplicate += 1
             continue
-        if task.validator is not None and not task.score(task.reference(s), s).correct:
+        gold = task.reference(s)
+        if task.validator is not None and not is_solved(task.score(gold, s), "correct"):
             funnel.dropped_unverified += 1  # the gold reference must pass its own validator
             continue
         seen.add(h)

@@ -30,7 +30,7 @@ import json
 import math
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -349,7 +349,12 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, punctuation to spaces, whitespace collapsed: ``" The  Cat!"`` -> ``"the cat"``."""
+    """Answer text for comparison: lower-cased, ASCII punctuation and typographic quotes,
+    guillemets and "…" turned into spaces, whitespace collapsed: ``" The  Cat!"`` ->
+    ``"the cat"``. Other symbols stay (``"5 °C"`` -> ``"5 °c"``), so they can tell answers
+    apart. (Training-row dedup folds *every* non-alphanumeric run instead:
+    :func:`selfimprove.synth.self_generated.near_duplicate_key`.)
+    """
     return " ".join(text.lower().translate(_PUNCT_TABLE).split())
 
 
@@ -884,8 +889,3 @@ def validator_from_name(name: str, **kwargs: Any) -> Validator:
     if factory is None:
         raise TaskError(f"unknown validator {name!r}; known validators: {sorted(_FACTORIES)}")
     return factory(**kwargs)
-
-
-def validator_names() -> Sequence[str]:
-    """The names ``validator_from_name`` accepts."""
-    return sorted(_FACTORIES)

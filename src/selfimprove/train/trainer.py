@@ -48,7 +48,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -67,6 +66,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from selfimprove.engine import Engine
 from selfimprove.errors import ConfigError, DataError
+from selfimprove.gate import check_losses
 from selfimprove.models import LoadedModel
 from selfimprove.runtime import Runtime, resolve_runtime
 from selfimprove.tasks.base import ChatMessage, Sample
@@ -102,7 +102,13 @@ ProgressCallbackFn = Callable[[int, int], None]  # (optimizer steps done, total 
 
 # ---------------------------------------------------------------------------- records
 class TrainExample(BaseModel):
-    """One supervised example: the model should answer ``prompt`` with ``completion``."""
+    """One supervised example: the model should answer ``prompt`` with ``completion``.
+
+    The one training-row type of the project: the loop's ``data_*.jsonl`` / ``replay.jsonl``
+    files hold these rows (their provenance fields, :data:`selfimprove.synth.assemble.DATA_FIELDS`),
+    the data generators return them and :func:`train_lora` trains on them. The provenance
+    fields (``suite`` … ``round``, ``rejected``) do not change training.
+    """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
     prompt: str | list[ChatMessage] = Field(description="Plain text (one user turn) or chat.")
@@ -116,6 +122,13 @@ class TrainExample(BaseModel):
         "completion tokens (the frozen base model = the adapter switched off) instead of the "
         "NLL of the completion. It pins the base model's whole next-token distribution on "
         "this text, not only its top token; use it for behavior that must not move.",
+    )
+    suite: str = Field("", description="Suite of the item the row was made from.")
+    category: str = Field("", description="Category of that item.")
+    input_hash: str = Field("", description="Never-train key of that item's input.")
+    round: int = Field(0, description="Loop round that added the row (0 = before round 1).")
+    rejected: str | None = Field(
+        None, description="A worse reply to the same prompt (self-critique: the original)."
     )
 
 
@@ -214,7 +227,10 @@ class TrainResult(BaseModel):
     n_tokens: int = Field(description="Completion (label) tokens per epoch, EOS included.")
     losses: list[float] = Field(description="Training loss at each logging step.")
     final_loss: float
-    diverged: bool = Field(description="A non-finite loss, or last loss > 3x the first.")
+    diverged: bool = Field(
+        description="No loss, a non-finite loss, or last loss > 3x the first non-zero one "
+        "(selfimprove.gate.check_losses at its default max_loss_ratio)."
+    )
     seconds: float
     weights_summary: dict[str, float] = Field(description="min / mean / max example weight.")
     config: TrainConfig
@@ -926,11 +942,7 @@ def train_lora(
             trainer.train()
         losses = callback.losses
         final = losses[-1] if losses else float("nan")
-        diverged = (
-            not losses
-            or not all(math.isfinite(x) for x in losses)
-            or (len(losses) > 1 and losses[-1] > 3 * losses[0])
-        )
+        diverged = not check_losses(losses)[0]  # the gate's rule at its default ratio
         result = TrainResult(
             adapter_dir=out_dir,
             n_examples=len(dataset),

@@ -1,8 +1,9 @@
 """Per-example training weights from reference NLL (confidence weighting).
 
-Method (DESIGN §5): score every training example with the *pre-round* model (mean NLL per
-completion token, ``ref_nll``), turn it into a perplexity ratio against the median example,
-``r_i = ppl_i / median(ppl)``, and temper it with an exponent ``alpha`` (≤ 1):
+Method (the weights feed the weighted loss of :mod:`selfimprove.train.trainer`): score every
+training example with the *pre-round* model (mean NLL per completion token, ``ref_nll``),
+turn it into a perplexity ratio against the median example, ``r_i = ppl_i / median(ppl)``,
+and temper it with an exponent ``alpha`` (≤ 1):
 
 * ``confidence``: ``w_i ∝ r_i ** alpha``: examples the model finds hard weigh more;
 * ``inverse``:    ``w_i ∝ r_i ** -alpha``: examples the model already finds easy weigh more
