@@ -419,7 +419,7 @@ def test_diff_reads_its_section_of_the_config_file_and_flags_win(
     assert cfg.q == 0.05 and cfg.kl_margin == 0.2  # from the file
     assert cfg.budget == 7  # the flag wins
     assert cfg.n_per_region == DiffConfig().n_per_region  # neither: the default
-    suites, prompts, n_per_region, seed, by, cluster = seen["build_regions"]
+    suites, prompts, _n, _seed, by, cluster = seen["build_regions"]
     assert suites == ["logic"] and prompts is None and by == "suite" and cluster == "auto"
     assert seen["explore"] == 2 and seen["store_root"] == "from_yaml"
 

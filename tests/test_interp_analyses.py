@@ -330,7 +330,9 @@ def test_interp_reads_its_section_of_the_config_file_and_flags_win(
         "model:\n  name: tiny-gpt2\ninterp:\n  suites: [word_sort, logic]\n  n: 5\n"
         "  seed: 3\n  label_by: category\nstore:\n  root: from_yaml\n"
     )
-    seen = _interp_cli_arguments(tmp_path, monkeypatch, yaml_text, "--seed", "7", "-m", "tiny-llama")
+    seen = _interp_cli_arguments(
+        tmp_path, monkeypatch, yaml_text, "--seed", "7", "-m", "tiny-llama"
+    )
     assert seen["suites"] == ["word_sort", "logic"] and seen["n"] == 5  # from the file
     assert seen["label_by"] == "category" and seen["control_suites"] == ["general_nll"]
     assert seen["seed"] == 7 and seen["model"] == "tiny-llama"  # the flags win

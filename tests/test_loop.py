@@ -333,11 +333,18 @@ def test_shared_values_have_one_home():
     assert cfg.loop.train.seed == 7 and cfg.loop.gate.metric == "correct"
     strict = load_config(None, {"loop": {"weakness": {"metric": "strict"}}})
     assert strict.loop.gate.metric == "strict"
-    assert load_config(None, {"loop": {"weakness": {"metric": "strict"}, "gate": {"metric": "correct"}}}).loop.gate.metric == "correct"
+    assert (
+        load_config(
+            None, {"loop": {"weakness": {"metric": "strict"}, "gate": {"metric": "correct"}}}
+        ).loop.gate.metric
+        == "correct"
+    )
     old = load_config(None, {"loop": {"weight_policy": "confidence"}})  # stored runs' spelling
     assert old.loop.train.weight_policy == "confidence"
     with pytest.raises(ConfigError, match="weight_policy is set twice"):
-        load_config(None, {"loop": {"weight_policy": "confidence", "train": {"weight_policy": "inverse"}}})
+        load_config(
+            None, {"loop": {"weight_policy": "confidence", "train": {"weight_policy": "inverse"}}}
+        )
     with pytest.raises(ConfigError, match="one seed"):
         load_config(None, {"loop": {"seed": 1, "train": {"seed": 2}}})
     # a round trip through the stored form keeps everything (resume validates it again)

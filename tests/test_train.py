@@ -1,4 +1,4 @@
-"""Tests for the confidence weights and the weighted LoRA trainer (DESIGN §5).
+"""Tests for the confidence weights and the weighted LoRA trainer (method: its docstring).
 
 The equivalence tests compare *parameter updates* after one optimizer step of plain SGD
 (constant lr, no clipping), so the update is ``-lr · grad`` and any change in how the loss
@@ -800,3 +800,25 @@ def test_ddp_two_processes_equal_single_process(tmp_path) -> None:
     assert update > 1e-3
     assert diff <= TOL
     assert ddp_res["losses"] == pytest.approx(single_res["losses"], abs=TOL)
+
+
+def test_a_first_step_of_zero_kl_anchors_is_not_divergence(loaded, fp32_runtime, tmp_path) -> None:
+    """Regression: with the anchors in the first step their KL is exactly 0 (LoRA B = 0, the
+    policy is still the base model), and ``last > 3 × 0`` flagged every such run diverged
+    ("Training diverged (losses [0.0, 0.92, 0.46])"). The reference is now the first
+    non-zero loss (selfimprove.gate.check_losses)."""
+    long = "The river ran slowly past the old mill, and the children watched the boats go by."
+    examples = [
+        TrainExample(prompt="What is 7 plus 5?", completion="Answer: 12", id="a"),
+        TrainExample(prompt="What is 2 plus 2?", completion="Answer: 4", id="b"),
+        TrainExample(prompt="Continue:", completion=long, anchor=True, id="c"),
+        TrainExample(prompt="Continue the text:", completion=long + " Then", anchor=True, id="d"),
+    ]
+    # Grouped by length, one step holds the two anchors; pick a seed that puts it first.
+    seed = next(
+        s for s in range(50) if set(LengthGroupedSampler([1, 1, 9, 9], 2, s).order(0)[:2]) == {2, 3}
+    )
+    cfg = TrainConfig(epochs=1, batch_size=2, lora_r=4, group_by_length=True, pack=False, seed=seed)
+    res = train_lora(loaded, examples, cfg, tmp_path / "adapter", runtime=fp32_runtime)
+    assert len(res.losses) == 2 and res.losses[0] == 0.0 and res.losses[1] > 0.0, res.losses
+    assert not res.diverged

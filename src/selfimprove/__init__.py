@@ -1,6 +1,15 @@
 """selfimprove: measured, closed-loop self-improvement of language models.
 
-The public API: load a model, wrap it in the engine, evaluate suites, store runs.
+The public API, one entry point per job:
+
+* evaluate: :func:`run_evaluation` (suites -> records -> per-category metrics);
+* improve: :func:`run_loop` (rounds x arms of weak areas -> data -> LoRA -> gate),
+  :func:`train_lora` (the weighted LoRA trainer), :func:`decide` (the gate);
+* detect behavior changes: :func:`detect_changes` (library), :func:`run_diff` (stored run);
+* explain: :func:`run_interp`.
+
+Plus the shared primitives: :func:`load_config`, :func:`load_model`, :class:`Engine`,
+:class:`RunStore`.
 """
 
 from __future__ import annotations
@@ -8,6 +17,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from selfimprove.config import Config, load_config
+from selfimprove.diff import detect_changes
+from selfimprove.diff.run import run_diff
 from selfimprove.engine import Engine, Generation, TokenScores
 from selfimprove.errors import (
     ConfigError,
@@ -25,9 +36,13 @@ from selfimprove.evaluate import (
     evaluate_task,
     run_evaluation,
 )
+from selfimprove.gate import GateConfig, GateDecision, decide
+from selfimprove.interp import run_interp
+from selfimprove.loop import LoopConfig, LoopResult, run_loop, run_sweep
 from selfimprove.models import LoadedModel, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
 from selfimprove.store import RunInfo, RunStore
+from selfimprove.train import TrainConfig, TrainExample, TrainResult, train_lora
 
 __all__ = [
     "CategoryMetrics",
@@ -36,8 +51,12 @@ __all__ = [
     "DataError",
     "Engine",
     "EvalRecord",
+    "GateConfig",
+    "GateDecision",
     "Generation",
     "LoadedModel",
+    "LoopConfig",
+    "LoopResult",
     "ModelLoadError",
     "NeverTrainViolation",
     "RunInfo",
@@ -47,11 +66,21 @@ __all__ = [
     "StoreError",
     "TaskError",
     "TokenScores",
+    "TrainConfig",
+    "TrainExample",
+    "TrainResult",
     "__version__",
     "aggregate",
+    "decide",
+    "detect_changes",
     "evaluate_task",
     "load_config",
     "load_model",
     "resolve_runtime",
+    "run_diff",
     "run_evaluation",
+    "run_interp",
+    "run_loop",
+    "run_sweep",
+    "train_lora",
 ]

@@ -829,87 +829,21 @@ def decide(
     if config.require_target_gain and not target_categories:
         raise ValueError("require_target_gain is set but no target_categories were given")
     pairs = _pair(before, after)
-    reasons: list[str] = []
-    accepted = True
-
+    checks: list[tuple[bool, str]] = []  # (passed, reason line), in report order
     target = _target(pairs, target_categories, config) if target_categories else None
     if target is not None:
-        t = target.pooled
-        if target.bootstrap is None:
-            test, p_gain = "exact McNemar", t.p_greater
-        else:
-            test = f"paired bootstrap ({target.bootstrap.n_boot} resamples)"
-            p_gain = target.bootstrap.p_value
-        line = (
-            f"target gain: {test} one-sided on {t.n} pooled items, "
-            f"{t.before_rate:.3f} → {t.after_rate:.3f} (Δ {t.delta:+.3f}, "
-            f"{t.confidence:.0%} CI [{t.delta_ci[0]:+.3f}, {t.delta_ci[1]:+.3f}]), "
-            f"b={t.b} right→wrong, c={t.c} wrong→right, p={p_gain:.3g} vs α={config.alpha:g}"
-        )
-        if target.significant:
-            reasons.append("ok: " + line)
-        elif config.require_target_gain:
-            accepted = False
-            reasons.append("rejected: no significant " + line)
-        else:
-            reasons.append("ok (not required): no significant " + line)
-
+        checks.append(_target_reason(target, config))
     sentinels = _sentinels(pairs, sentinel_suites, config)
-    for s in sentinels:
-        if s.kind == "no_harm" and s.harm is not None:
-            h = s.harm
-            line = (
-                f"sentinel {s.suite} ({config.metric}): exact McNemar one-sided for harm, "
-                f"n={h.n}, {h.before_rate:.3f} → {h.after_rate:.3f}, b={h.b} right→wrong, "
-                f"c={h.c} wrong→right, p={h.p_less:.3g} vs α={config.alpha:g}"
-            )
-            if s.passed:
-                reasons.append("ok: no significant harm, " + line)
-            else:
-                accepted = False
-                reasons.append("rejected: significantly worse, " + line)
-            continue
-        if s.test is None:
-            reasons.append(f"rejected: sentinel {s.suite} ({s.kind}): {s.note}")
-            accepted = False
-            continue
-        nt = s.test
-        unit = "nats/token" if s.kind == "nll" else "accuracy"
-        line = (
-            f"sentinel {s.suite} ({nt.metric}): {nt.test}, n={nt.n}, "
-            f"{nt.before_mean:.3f} → {nt.after_mean:.3f}, improvement {nt.estimate:+.3f} "
-            f"(CI [{nt.ci[0]:+.3f}, {nt.ci[1]:+.3f}]), margin {nt.margin:g} {unit}, "
-            f"stat={nt.statistic:.3g}, p={nt.p_value:.3g} vs α={nt.alpha:g}"
-        )
-        if s.note:
-            line += f"; {s.note}"
-        if s.passed:
-            reasons.append("ok: non-inferior, " + line)
-        else:
-            accepted = False
-            reasons.append("rejected: non-inferiority not shown, " + line)
-
+    checks += [_sentinel_reason(s, config) for s in sentinels]
     collateral = None
     if config.collateral != "off":
         collateral = _collateral(pairs, target_categories, sentinel_suites, config)
     if collateral is not None:
-        h = collateral
-        line = (
-            f"non-target skills ({config.metric}, not sentinels): exact McNemar one-sided for "
-            f"harm, n={h.n}, {h.before_rate:.3f} → {h.after_rate:.3f}, b={h.b} right→wrong, "
-            f"c={h.c} wrong→right, p={h.p_less:.3g} vs α={config.alpha:g}"
-        )
-        harmed = h.p_less <= config.alpha
-        if config.collateral == "reject" and harmed:
-            accepted = False
-            reasons.append("rejected: significantly worse, " + line)
-        else:
-            tag = "reported, not gating" if config.collateral == "report" else "no significant harm"
-            reasons.append(f"{'warning' if harmed else 'ok'} ({tag}): " + line)
-
+        checks.append(_collateral_reason(collateral, config))
     loss_ok, loss_line = check_losses(train_losses, config.max_loss_ratio)
-    reasons.append(loss_line)
-    accepted = accepted and loss_ok
+    checks.append((loss_ok, loss_line))
+    reasons = [line for _ok, line in checks]
+    accepted = all(ok for ok, _line in checks)
     log.info("gate %s: %s", "accepted" if accepted else "rejected", "; ".join(reasons))
     return GateDecision(
         accepted=accepted,
@@ -920,3 +854,64 @@ def decide(
         config=config,
         collateral=collateral,
     )
+
+
+def _target_reason(target: TargetResult, config: GateConfig) -> tuple[bool, str]:
+    t = target.pooled
+    if target.bootstrap is None:
+        test, p_gain = "exact McNemar", t.p_greater
+    else:
+        test = f"paired bootstrap ({target.bootstrap.n_boot} resamples)"
+        p_gain = target.bootstrap.p_value
+    line = (
+        f"target gain: {test} one-sided on {t.n} pooled items, "
+        f"{t.before_rate:.3f} → {t.after_rate:.3f} (Δ {t.delta:+.3f}, "
+        f"{t.confidence:.0%} CI [{t.delta_ci[0]:+.3f}, {t.delta_ci[1]:+.3f}]), "
+        f"b={t.b} right→wrong, c={t.c} wrong→right, p={p_gain:.3g} vs α={config.alpha:g}"
+    )
+    if target.significant:
+        return True, "ok: " + line
+    if config.require_target_gain:
+        return False, "rejected: no significant " + line
+    return True, "ok (not required): no significant " + line
+
+
+def _sentinel_reason(s: SentinelResult, config: GateConfig) -> tuple[bool, str]:
+    if s.kind == "no_harm" and s.harm is not None:
+        h = s.harm
+        line = (
+            f"sentinel {s.suite} ({config.metric}): exact McNemar one-sided for harm, "
+            f"n={h.n}, {h.before_rate:.3f} → {h.after_rate:.3f}, b={h.b} right→wrong, "
+            f"c={h.c} wrong→right, p={h.p_less:.3g} vs α={config.alpha:g}"
+        )
+        if s.passed:
+            return True, "ok: no significant harm, " + line
+        return False, "rejected: significantly worse, " + line
+    if s.test is None:
+        return False, f"rejected: sentinel {s.suite} ({s.kind}): {s.note}"
+    nt = s.test
+    unit = "nats/token" if s.kind == "nll" else "accuracy"
+    line = (
+        f"sentinel {s.suite} ({nt.metric}): {nt.test}, n={nt.n}, "
+        f"{nt.before_mean:.3f} → {nt.after_mean:.3f}, improvement {nt.estimate:+.3f} "
+        f"(CI [{nt.ci[0]:+.3f}, {nt.ci[1]:+.3f}]), margin {nt.margin:g} {unit}, "
+        f"stat={nt.statistic:.3g}, p={nt.p_value:.3g} vs α={nt.alpha:g}"
+    )
+    if s.note:
+        line += f"; {s.note}"
+    if s.passed:
+        return True, "ok: non-inferior, " + line
+    return False, "rejected: non-inferiority not shown, " + line
+
+
+def _collateral_reason(h: PairedBinaryTest, config: GateConfig) -> tuple[bool, str]:
+    line = (
+        f"non-target skills ({config.metric}, not sentinels): exact McNemar one-sided for "
+        f"harm, n={h.n}, {h.before_rate:.3f} → {h.after_rate:.3f}, b={h.b} right→wrong, "
+        f"c={h.c} wrong→right, p={h.p_less:.3g} vs α={config.alpha:g}"
+    )
+    harmed = h.p_less <= config.alpha
+    if config.collateral == "reject" and harmed:
+        return False, "rejected: significantly worse, " + line
+    tag = "reported, not gating" if config.collateral == "report" else "no significant harm"
+    return True, f"{'warning' if harmed else 'ok'} ({tag}): " + line

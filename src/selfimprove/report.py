@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfimprove.evaluate import EvalRecord, aggregate
+from selfimprove.evaluate import EvalRecord, Metric, aggregate
+from selfimprove.loop.records import ArmRound, LoopSummary
 from selfimprove.store import atomic_write_text
 
 _COLORS = {"targeted": "#1f77b4", "random": "#ff7f0e", "base": "#555555"}
@@ -32,7 +33,7 @@ def _records(path: Path) -> list[EvalRecord]:
     return out
 
 
-def _acc(records: list[EvalRecord], metric: str) -> dict[tuple[str, str], float]:
+def _acc(records: list[EvalRecord], metric: Metric) -> dict[tuple[str, str], float]:
     out = {}
     for m in aggregate(records):
         v = m.strict_accuracy if metric == "strict" else m.accuracy
@@ -135,28 +136,79 @@ def _self_funnel(f: dict[str, int]) -> str:
     return html.escape(", ".join(f"{label} {f[k]}" for k, label in parts if k in f))
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _headline(s: LoopSummary | None) -> list[str]:
+    """The summary's headline as list items (empty for a run without a summary)."""
+    if s is None:
+        return []
+    out = [
+        f"targets ({len(s.targets)}): {', '.join(s.targets) or '–'}",
+        f"target accuracy ({s.metric}) before: {_pct(s.target_acc_before)}; after: "
+        + ", ".join(f"{arm} {_pct(v)}" for arm, v in s.target_acc_after.items()),
+        "accepted rounds: " + ", ".join(f"{a} {n}" for a, n in s.accepted_rounds.items()),
+    ]
+    e = s.efficiency
+    if e is not None and e.n_items and e.gain_targeted is not None and e.gain_random is not None:
+        out.append(
+            f"last round, {e.n_items} target items: gain targeted {100 * e.gain_targeted:+.1f} "
+            f"pts, random {100 * e.gain_random:+.1f} pts, ratio "
+            + ("undefined" if e.ratio is None else f"{e.ratio:.2f}")
+        )
+    out += [f"retired {k}: {why}" for k, why in s.retired_targets.items()]
+    out.append(
+        f"replay: {s.replay.kept_correct} of {s.replay.drawn} base answers kept; baseline "
+        f"evaluation {s.baseline_eval_seconds:.0f} s"
+    )
+    return out
+
+
+def _round_row(r: ArmRound) -> str:
+    def cell(v: Any) -> str:
+        return html.escape(str(v))
+
+    f, loss = r.funnel, (r.train.final_loss if r.train is not None else 0.0)
+    return (
+        "<tr>"
+        f"<td>{r.round}</td><td>{cell(r.arm)}</td>"
+        f"<td>{cell(', '.join(f'{s}/{c}' for s, c in r.targets))}"
+        + "".join(
+            f"<br><span class='small bad'>{cell(k)}: {cell(v)}</span>" for k, v in r.stalled.items()
+        )
+        + "</td>"
+        f"<td>{f.drawn} → {f.kept} (eval overlap −{f.dropped_eval_overlap}, "
+        f"dup −{f.dropped_duplicate}, unverified −{f.dropped_unverified})"
+        f"<br><span class='small'>self-generated: {_self_funnel(r.self_funnel)}</span></td>"
+        f"<td>{r.n_train}</td><td>{cell(round(loss, 4))}</td>"
+        f"<td class='{'ok' if r.accepted else 'bad'}'>{'accepted' if r.accepted else 'rejected'}</td>"
+        f"<td class='small'>{'<br>'.join(cell(x) for x in r.reasons)}</td>"
+        f"<td>{cell(r.seconds)}</td></tr>"
+    )
+
+
 def render_run_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` for a loop run folder and return its path."""
     run_dir = Path(run_dir)
-    rounds: list[dict[str, Any]] = json.loads((run_dir / "summary_rounds.json").read_text())
-    summary = (
-        json.loads((run_dir / "summary.json").read_text())
-        if (run_dir / "summary.json").is_file()
-        else {}
-    )
-    metric = summary.get("metric", "strict")
-    base = _records(run_dir / "eval_r0_base.jsonl")
-    base_acc = _acc(base, metric)
-    arms = sorted({r["arm"] for r in rounds}, key=lambda a: (a != "targeted", a))
-    n_rounds = max((r["round"] for r in rounds), default=0)
-    acc_by: dict[tuple[str, int], dict[tuple[str, str], float]] = {}
-    for r in rounds:
-        acc_by[(r["arm"], r["round"])] = _acc(
-            _records(run_dir / f"eval_r{r['round']}_{r['arm']}.jsonl"), metric
-        )
-    targets = sorted(
-        {tuple(t) for r in rounds if r["arm"] == "targeted" for t in r.get("targets", [])}
-    )
+    rounds = [
+        ArmRound.model_validate(r)
+        for r in json.loads((run_dir / "summary_rounds.json").read_text())
+    ]
+    summary: LoopSummary | None = None
+    if (run_dir / "summary.json").is_file():
+        try:
+            summary = LoopSummary.model_validate_json((run_dir / "summary.json").read_text())
+        except ValueError:  # a summary written by an older version: no headline
+            summary = None
+    metric: Metric = "strict" if summary is None else summary.metric  # type: ignore[assignment]
+    base_acc = _acc(_records(run_dir / "eval_r0_base.jsonl"), metric)
+    arms = sorted({r.arm for r in rounds}, key=lambda a: (a != "targeted", a))
+    n_rounds = max((r.round for r in rounds), default=0)
+    acc_by = {
+        (r.arm, r.round): _acc(_records(run_dir / f"eval_{r.tag}.jsonl"), metric) for r in rounds
+    }
+    targets = sorted({tuple(t) for r in rounds if r.arm == "targeted" for t in r.targets})
 
     charts = []
     for suite, cat in targets:
@@ -169,40 +221,17 @@ def render_run_report(run_dir: str | Path) -> Path:
 
     sent_rows: list[tuple[str, float, float, float]] = []
     for r in rounds:
-        for s in (r.get("gate") or {}).get("sentinels", []):
-            test = s.get("test") or {}
-            est, ci = test.get("estimate"), test.get("ci")
-            if est is None or not ci or s.get("kind") != "binary":
+        for sr in r.gate.sentinels if r.gate is not None else []:
+            if sr.test is None or sr.kind != "binary":
                 continue
-            sent_rows.append((f"r{r['round']} {r['arm']}: {s.get('suite')}", est, ci[0], ci[1]))
+            est, (lo, hi) = sr.test.estimate, sr.test.ci
+            sent_rows.append((f"r{r.round} {r.arm}: {sr.suite}", est, lo, hi))
 
     def cell(v: Any) -> str:
         return html.escape(str(v))
 
-    table_rows = []
-    for r in rounds:
-        gate = r.get("gate") or {}
-        reasons = "<br>".join(cell(x) for x in gate.get("reasons", []))
-        f = r.get("funnel", {})
-        tr = r.get("train", {})
-        table_rows.append(
-            "<tr>"
-            f"<td>{r['round']}</td><td>{cell(r['arm'])}</td>"
-            f"<td>{cell(', '.join(f'{s}/{c}' for s, c in r.get('targets', [])))}"
-            + "".join(
-                f"<br><span class='small bad'>{cell(k)}: {cell(v)}</span>"
-                for k, v in (r.get("stalled") or {}).items()
-            )
-            + "</td>"
-            f"<td>{f.get('drawn', 0)} → {f.get('kept', 0)} (eval overlap −{f.get('dropped_eval_overlap', 0)}, "
-            f"dup −{f.get('dropped_duplicate', 0)}, unverified −{f.get('dropped_unverified', 0)})"
-            f"<br><span class='small'>self-generated: {_self_funnel(r.get('self_funnel') or {})}</span></td>"
-            f"<td>{r.get('n_train', 0)}</td><td>{cell(round(tr.get('final_loss') or 0, 4))}</td>"
-            f"<td class='{'ok' if r.get('accepted') else 'bad'}'>{'accepted' if r.get('accepted') else 'rejected'}</td>"
-            f"<td class='small'>{reasons}</td>"
-            f"<td>{cell(r.get('seconds', {}))}</td></tr>"
-        )
-    headline = "".join(f"<li><b>{cell(k)}</b>: {cell(v)}</li>" for k, v in summary.items())
+    table_rows = [_round_row(r) for r in rounds]
+    headline = "".join(f"<li>{cell(x)}</li>" for x in _headline(summary))
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>selfimprove run {cell(run_dir.name)}</title>
 <style>

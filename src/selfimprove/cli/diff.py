@@ -8,12 +8,16 @@ calibration; ``selfimprove bench planted`` runs the planted-change benchmark.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from selfimprove.cli.app import ConfigOpt, StoreOpt, _verbosity, app, console, store_root
+
+if TYPE_CHECKING:
+    from selfimprove.config import Config
+    from selfimprove.runtime import Runtime
 
 bench_app = typer.Typer(help="Benchmarks of the behavior-change detector.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -32,10 +36,14 @@ def _suites(suites: str | None) -> list[str] | None:
     return [s.strip() for s in suites.split(",") if s.strip()] if suites else None
 
 
-def _print_result(run: object) -> None:
-    from selfimprove.diff.run import DiffRun
+def _print_result(run: object, *, as_json: bool = False) -> None:
+    from selfimprove.diff.run import DiffRun, describe
 
     assert isinstance(run, DiffRun)
+    if as_json:
+        console.print_json(json.dumps(describe(run.result)))
+        console.print(f"Run {run.run_id} saved to {run.run_dir}")
+        return
     res = run.result
     t = Table(title=f"{res.candidate} vs {res.base}: regions ranked by q-value")
     t.add_column("region", no_wrap=True)
@@ -85,6 +93,54 @@ def _print_result(run: object) -> None:
         f"prefills per model) in {c.seconds:.0f}s."
     )
     console.print(f"Run [bold]{run.run_id}[/] saved to {run.run_dir}; report: {run.report}")
+
+
+def _phase(text: str) -> None:
+    console.print(f"[bold cyan]▶[/] {text}")
+
+
+def _null_calibration(
+    model: str, adapters: str | None, settings: Config, runtime: Runtime, *, as_json: bool
+) -> None:
+    """``diff --null MODEL``: MODEL vs itself (or MODEL+ADAPTER1 vs MODEL+ADAPTER2) per seed."""
+    from selfimprove.diff.run import build_regions, load_pair, null_calibration
+    from selfimprove.engine import Engine
+    from selfimprove.errors import ConfigError
+    from selfimprove.models import load_model
+
+    d = settings.diff
+    _phase(f"Loading {model}")
+    other = None
+    if adapters:
+        dirs = [x.strip() for x in adapters.split(",") if x.strip()]
+        if len(dirs) != 2:
+            raise ConfigError(
+                f"--null-adapters needs two adapter folders separated by a comma, got {dirs}."
+            )
+        _, m = load_pair(model, None, dirs[0])
+        _, m2 = load_pair(model, None, dirs[1])
+        other = Engine(m2, runtime=runtime)
+    else:
+        m = load_model(model)
+    cfg = d.detect_config()
+    cal, _ = null_calibration(
+        Engine(m, runtime=runtime),
+        lambda s: build_regions(
+            d.region_suites(), d.prompts, d.n_per_region, s, d.regions, d.cluster
+        ),
+        cfg.model_copy(update={"min_per_region": cfg.min_per_region or 6}),
+        list(range(cfg.seed, cfg.seed + d.null_seeds)),
+        other=other,
+        phase=_phase,
+    )
+    if as_json:
+        console.print_json(cal.model_dump_json())
+    else:
+        console.print(
+            f"Null calibration of {cal.model}: {sum(1 for n in cal.n_flagged_regions if n)} of "
+            f"{len(cal.seeds)} seeds flagged anything (fraction {cal.fraction_with_any_flag:.2f}; "
+            f"target ≤ q = {cal.q}). Flags per seed: {cal.n_flagged_regions}."
+        )
 
 
 @app.command("diff")
@@ -155,8 +211,7 @@ def diff_cmd(
     """
     _verbosity(verbose)
     from selfimprove.config import load_config
-    from selfimprove.diff.run import build_regions, load_pair, null_calibration, run_diff
-    from selfimprove.engine import Engine
+    from selfimprove.diff.run import build_regions, load_pair, run_diff
     from selfimprove.errors import ConfigError
     from selfimprove.runtime import resolve_runtime
 
@@ -183,74 +238,29 @@ def diff_cmd(
     settings = load_config(config, overrides)
     d = settings.diff
     cfg = d.detect_config()
-    suite_list = d.region_suites()
     runtime = resolve_runtime(settings.runtime.threads)
 
-    def phase(text: str) -> None:
-        console.print(f"[bold cyan]▶[/] {text}")
-
     if null:
-        from selfimprove.models import load_model
-
-        phase(f"Loading {null}")
-        other = None
-        if null_adapters:
-            dirs = [x.strip() for x in null_adapters.split(",") if x.strip()]
-            if len(dirs) != 2:
-                raise ConfigError(
-                    f"--null-adapters needs two adapter folders separated by a comma, got {dirs}."
-                )
-            _, m = load_pair(null, None, dirs[0])
-            _, m2 = load_pair(null, None, dirs[1])
-            other = Engine(m2, runtime=runtime)
-        else:
-            m = load_model(null)
-        eng = Engine(m, runtime=runtime)
-        c = cfg.model_copy(update={"min_per_region": cfg.min_per_region or 6})
-        cal, _ = null_calibration(
-            eng,
-            lambda s: build_regions(suite_list, d.prompts, d.n_per_region, s, d.regions, d.cluster),
-            c,
-            list(range(cfg.seed, cfg.seed + d.null_seeds)),
-            other=other,
-            phase=phase,
-        )
-        if as_json:
-            console.print_json(cal.model_dump_json())
-        else:
-            console.print(
-                f"Null calibration of {cal.model}: {sum(1 for n in cal.n_flagged_regions if n)} of "
-                f"{len(cal.seeds)} seeds flagged anything (fraction {cal.fraction_with_any_flag:.2f}; "
-                f"target ≤ q = {cal.q}). Flags per seed: {cal.n_flagged_regions}."
-            )
+        _null_calibration(null, null_adapters, settings, runtime, as_json=as_json)
         return
     if base is None:
         raise ConfigError("Give BASE and CANDIDATE (or BASE --adapter DIR), or --null MODEL.")
     if candidate is None and adapter is None:
         raise ConfigError("Give a CANDIDATE model or --adapter DIR to compare with BASE.")
-    phase("Loading models")
+    _phase("Loading models")
     a, b = load_pair(base, candidate, adapter)
-    region_list = build_regions(
-        suite_list, d.prompts, d.n_per_region, cfg.seed, d.regions, d.cluster
-    )
     run = run_diff(
         a,
         b,
-        region_list,
+        build_regions(d.region_suites(), d.prompts, d.n_per_region, cfg.seed, d.regions, d.cluster),
         cfg,
         store_root=settings.store.root,
         runtime=runtime,
         explore=d.explore,
         explore_lambda=d.explore_lambda,
-        phase=phase,
+        phase=_phase,
     )
-    if as_json:
-        from selfimprove.diff.run import describe
-
-        console.print_json(json.dumps(describe(run.result)))
-        console.print(f"Run {run.run_id} saved to {run.run_dir}")
-    else:
-        _print_result(run)
+    _print_result(run, as_json=as_json)
 
 
 @bench_app.command("planted")
@@ -300,15 +310,12 @@ def planted_cmd(
         keep_loss=keep_loss,  # type: ignore[arg-type]
     )
 
-    def phase(text: str) -> None:
-        console.print(f"[bold cyan]▶[/] {text}")
-
     bench = run_planted_benchmark(
         cfg,
         list(range(seed, seed + seeds)),
         store_root=store_root(config, store),
         runtime=resolve_runtime(threads),
-        phase=phase,
+        phase=_phase,
     )
     t = Table(title=f"Planted change: {bench.planted_region} ({bench.behavior})")
     for col in (

@@ -115,9 +115,7 @@ class LoopContext:
         return ar
 
     def find_round(self, rnd: int, arm: str) -> ArmRound | None:
-        return next(
-            (r for r in self.phases.state.rounds if (r.round, r.arm) == (rnd, arm)), None
-        )
+        return next((r for r in self.phases.state.rounds if (r.round, r.arm) == (rnd, arm)), None)
 
     def adapter_dir(self, ar: ArmRound) -> Path:
         return self.run_dir / "adapters" / ar.tag

@@ -21,8 +21,12 @@ from selfimprove.engine import Engine
 from selfimprove.evaluate import EvalRecord, Item, aggregate, evaluate_to_store
 from selfimprove.loop.context import LoopContext, step_progress
 from selfimprove.loop.records import ArmRound, BehaviorDiff, FlaggedRegion, TrainRound
-from selfimprove.synth import random_control_samples, self_generated_data, templated_variations
-from selfimprove.synth import assemble
+from selfimprove.synth import (
+    assemble,
+    random_control_samples,
+    self_generated_data,
+    templated_variations,
+)
 from selfimprove.train import TrainExample
 from selfimprove.weakness import rank_weak_areas, stalled_targets
 
@@ -191,7 +195,12 @@ def weak_areas(ctx: LoopContext, ar: ArmRound) -> None:
 
 
 def _fmt_funnel(f: dict[str, int]) -> str:
-    keys = ("star_verified", "rationalize_verified", "critique_verified", "variation_parsed_verified")
+    keys = (
+        "star_verified",
+        "rationalize_verified",
+        "critique_verified",
+        "variation_parsed_verified",
+    )
     return ", ".join(f"{k.split('_')[0]} {f[k]}" for k in keys if k in f) or "no self data"
 
 
@@ -205,9 +214,7 @@ def data(ctx: LoopContext, ar: ArmRound) -> None:
     lcfg, rnd, tag = ctx.lcfg, ar.round, ar.tag
     seed_key = f"train:{lcfg.seed}:{rnd}:{ar.arm}"
     prev = (
-        assemble.from_records(
-            ctx.store.read_records(ctx.run_id, f"data_r{rnd - 1}_{ar.arm}.jsonl")
-        )
+        assemble.from_records(ctx.store.read_records(ctx.run_id, f"data_r{rnd - 1}_{ar.arm}.jsonl"))
         if rnd > 1
         else []
     )

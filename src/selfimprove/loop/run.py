@@ -125,7 +125,11 @@ def _open_run(
             yield info
         return
     prov = collect_provenance(
-        {"runtime": runtime.describe(), "model_source": base.source, "model_hash": base.weights_hash}
+        {
+            "runtime": runtime.describe(),
+            "model_source": base.source,
+            "model_hash": base.weights_hash,
+        }
     )
     with store.track(
         "run",

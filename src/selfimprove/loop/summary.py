@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from selfimprove.evaluate import EvalRecord, aggregate, is_solved
+from selfimprove.evaluate import EvalRecord, Metric, aggregate, is_solved
 from selfimprove.loop.config import LoopConfig
 from selfimprove.loop.records import (
     ArmRound,
@@ -21,7 +21,7 @@ Key = tuple[str, str]
 
 
 def target_accuracy(
-    records: Sequence[EvalRecord], targets: Sequence[Key], metric: str
+    records: Sequence[EvalRecord], targets: Sequence[Key], metric: Metric
 ) -> float | None:
     """Accuracy on the scored items of the ``targets`` categories (``None``: no such item)."""
     tset = set(targets)
@@ -109,12 +109,14 @@ def per_category(
     baseline: Sequence[EvalRecord],
     evals: Mapping[str, Sequence[EvalRecord]],
     targets: Sequence[Key],
-    metric: str,
+    metric: Metric,
 ) -> list[CategoryChange]:
     """Accuracy (Wilson 95% CI) of every scored category before and after, per arm."""
     strict = metric == "strict"
 
-    def acc_map(recs: Sequence[EvalRecord]) -> dict[Key, tuple[float, tuple[float, float], int]]:
+    def acc_map(
+        recs: Sequence[EvalRecord],
+    ) -> dict[Key, tuple[float, tuple[float, float] | None, int]]:
         m = {}
         for c in aggregate(recs):
             v, ci = (c.strict_accuracy, c.strict_ci) if strict else (c.accuracy, c.accuracy_ci)
@@ -145,7 +147,7 @@ def efficiency(
     targeted: Sequence[EvalRecord],
     random_arm: Sequence[EvalRecord],
     targets: Sequence[Key],
-    metric: str,
+    metric: Metric,
     *,
     n_boot: int = 2000,
     seed: int = 0,

@@ -17,10 +17,10 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from selfimprove.synth.self_generated import normalize_text
 from selfimprove.synth.worked import training_completion
 from selfimprove.tasks.base import Sample, Task
 from selfimprove.tasks.suites import anchor_passages
-from selfimprove.synth.self_generated import normalize_text
 from selfimprove.train import TrainConfig, TrainExample
 
 #: The fields of a row in ``data_*.jsonl`` and ``replay.jsonl``, in file order.
@@ -73,9 +73,7 @@ def templated_rows(items: Sequence[Item], rnd: int, *, worked: bool) -> list[Tra
     ]
 
 
-def replay_rows(
-    records: Sequence[Any], items: Sequence[Item], n: int
-) -> list[TrainExample]:
+def replay_rows(records: Sequence[Any], items: Sequence[Item], n: int) -> list[TrainExample]:
     """Up to ``n`` rows of the base model's own verified-correct answers on ``items``.
 
     ``records`` are the base model's evaluation records of ``items`` (in order); an answer
