@@ -154,10 +154,11 @@ def test_real_loop_one_round_both_arms(tmp_path):
     assert t.n_train == r.n_train == 24  # same example budget in both arms
     assert t.self_funnel["star_sampled"] == 2 * 6
     for ar in res.rounds:
-        losses = ar.train["losses"]
+        assert ar.train is not None and ar.gate is not None
+        losses = ar.train.losses
         assert losses and all(x == x for x in losses)  # finite, recorded
         assert (run_dir / "adapters" / f"r1_{ar.arm}" / "adapter_model.safetensors").is_file()
-        assert ar.gate["reasons"]
+        assert ar.gate.reasons
     base_hashes = {
         json.loads(x)["input_hash"]
         for x in (run_dir / "eval_r0_base.jsonl").read_text().splitlines()
@@ -165,8 +166,8 @@ def test_real_loop_one_round_both_arms(tmp_path):
     for arm in ("targeted", "random"):
         rows = [json.loads(x) for x in (run_dir / f"data_r1_{arm}.jsonl").read_text().splitlines()]
         assert not {x["input_hash"] for x in rows} & base_hashes
-    e = res.summary["efficiency"]
-    assert e["n_items"] > 0 and "gain_targeted_ci" in e
+    e = res.summary.efficiency
+    assert e is not None and e.n_items > 0 and e.gain_targeted_ci is not None
     assert (run_dir / "report.html").stat().st_size > 2000
 
     # learnability bookkeeping on the real model: stalled = targets whose solved count did
@@ -182,11 +183,12 @@ def test_real_loop_one_round_both_arms(tmp_path):
 
     before, after = solved("eval_r0_base.jsonl"), solved("eval_r1_targeted.jsonl")
     assert set(t.stalled) == {k for k in before if after[k] <= before[k]}
-    assert set(res.summary["retired_targets"]) == set(t.stalled)
+    assert set(res.summary.retired_targets) == set(t.stalled)
     # the gate also tested the non-target skill items (arithmetic/counting outside the targets)
     for ar in res.rounds:
-        col = ar.gate["collateral"]
-        assert col is not None and col["n"] > 0
-        assert any("non-target skills" in x for x in ar.gate["reasons"])
+        assert ar.gate is not None and ar.train is not None
+        col = ar.gate.collateral
+        assert col is not None and col.n > 0
+        assert any("non-target skills" in x for x in ar.gate.reasons)
         # SmolLM2 passed the packing check, so training ran on packed batches
-        assert ar.train["packed"] is True
+        assert ar.train.packed is True

@@ -14,6 +14,9 @@ Plus the shared primitives: :func:`load_config`, :func:`load_model`, :class:`Eng
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from selfimprove.config import Config, load_config
@@ -37,12 +40,25 @@ from selfimprove.evaluate import (
     run_evaluation,
 )
 from selfimprove.gate import GateConfig, GateDecision, decide
-from selfimprove.interp import run_interp
 from selfimprove.loop import LoopConfig, LoopResult, run_loop, run_sweep
 from selfimprove.models import LoadedModel, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
 from selfimprove.store import RunInfo, RunStore
-from selfimprove.train import TrainConfig, TrainExample, TrainResult, train_lora
+from selfimprove.train import TrainConfig, TrainExample, TrainResult
+
+if TYPE_CHECKING:
+    from selfimprove.interp.runner import run_interp
+    from selfimprove.train.trainer import train_lora
+
+#: entry points whose modules import torch at import time: loaded on first use (PEP 562)
+_LAZY = {"run_interp": "selfimprove.interp.runner", "train_lora": "selfimprove.train.trainer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'selfimprove' has no attribute {name!r}")
+
 
 __all__ = [
     "CategoryMetrics",

@@ -21,7 +21,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator
 
@@ -30,6 +30,9 @@ from selfimprove.stats import wilson_ci  # also importable from here, as before
 from selfimprove.store import RunStore
 from selfimprove.tasks.base import Sample, Score, Task
 from selfimprove.tasks.never_train import NeverTrainRegistry
+
+if TYPE_CHECKING:
+    from selfimprove.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +413,7 @@ def plan_items(
 
 
 def run_evaluation(
-    cfg: Any,
+    cfg: Config,
     *,
     resume: str | None = None,
     hook: ProgressHook | None = None,

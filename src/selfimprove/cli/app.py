@@ -84,6 +84,11 @@ def store_root(config: Path | None, store: str | None) -> str:
     return load_config(config, {"store": {"root": store}}).store.root
 
 
+def split_csv(value: str | None) -> list[str] | None:
+    """A comma-separated flag as a list; None when it was not given (the config's value stands)."""
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
 def _verbosity(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -230,7 +235,7 @@ def eval_cmd(
     overrides = {
         "model": {"name": model, "adapter": adapter},
         "eval": {
-            "suites": [s.strip() for s in suites.split(",") if s.strip()] if suites else None,
+            "suites": split_csv(suites),
             "n": n,
             "seed": seed,
         },

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from selfimprove.cli.app import ConfigOpt, StoreOpt, _verbosity, app, console, store_root
+from selfimprove.cli.app import (
+    ConfigOpt,
+    StoreOpt,
+    _verbosity,
+    app,
+    console,
+    split_csv,
+    store_root,
+)
 
 if TYPE_CHECKING:
     from selfimprove.config import Config
@@ -30,10 +38,6 @@ SuitesOpt = Annotated[
         help="Comma-separated suites (one region per suite/category); groups all / skills / sentinels.",
     ),
 ]
-
-
-def _suites(suites: str | None) -> list[str] | None:
-    return [s.strip() for s in suites.split(",") if s.strip()] if suites else None
 
 
 def _print_result(run: object, *, as_json: bool = False) -> None:
@@ -217,7 +221,7 @@ def diff_cmd(
 
     overrides = {
         "diff": {
-            "suites": _suites(suites),
+            "suites": split_csv(suites),
             "prompts": prompts,
             "n_per_region": n_per_region,
             "regions": regions,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from selfimprove.cli.app import ConfigOpt, StoreOpt, _verbosity, app, console
+from selfimprove.cli.app import ConfigOpt, StoreOpt, _verbosity, app, console, split_csv
 
 
 def _cell(v: Any) -> str:
@@ -24,11 +24,6 @@ def _cell(v: Any) -> str:
     if isinstance(v, list):
         return ", ".join(str(x) for x in v[:4])
     return "–" if v is None else str(v)
-
-
-def _names(csv: str | None) -> list[str] | None:
-    """Comma-separated names as a list; None when the flag was not given."""
-    return None if csv is None else [x.strip() for x in csv.split(",") if x.strip()]
 
 
 @app.command("interp")
@@ -86,8 +81,8 @@ def interp_cmd(
     overrides = {
         "model": {"name": model, "adapter": adapter},
         "interp": {
-            "suites": _names(suites),
-            "control_suites": _names(control),
+            "suites": split_csv(suites),
+            "control_suites": split_csv(control),
             "n": n,
             "label_by": label_by,
             "seed": seed,

@@ -39,7 +39,13 @@ from pydantic import BaseModel, Field
 from selfimprove.diff.allocate import allocate_budget
 from selfimprove.diff.naming import ExamplePair, RegionLabel, contrast_examples, label_region
 from selfimprove.diff.regions import PromptItem, Region, split_region
-from selfimprove.diff.screen import ReferenceKind, RegionScreen, screen_items, summarize_screen
+from selfimprove.diff.screen import (
+    ReferenceKind,
+    RegionScreen,
+    ScreenCost,
+    screen_items,
+    summarize_screen,
+)
 from selfimprove.diff.stats import (
     StatName,
     StatTest,
@@ -267,16 +273,7 @@ def detect_changes(
     say(
         f"Screening {len(all_screen)} prompts in {len(regions)} regions (teacher-forced KL, k={cfg.k})"
     )
-    screen_list = [it for r in regions for it in splits[r.name][0]]
-    kls, scost = screen_items(
-        engine_a, engine_b, screen_list, k=cfg.k, reference=cfg.reference, batch_size=cfg.batch_size
-    )
-    screens: dict[str, RegionScreen] = {}
-    pos = 0
-    for r in regions:
-        n = len(splits[r.name][0])
-        screens[r.name] = summarize_screen(r.name, kls[pos : pos + n], cfg.k)
-        pos += n
+    screens, scost = _screen_regions(engine_a, engine_b, regions, splits, cfg)
     t_screen = time.perf_counter() - t0
     ranked = sorted(screens, key=lambda name: (-screens[name].score, name))
     rank = {name: i + 1 for i, name in enumerate(ranked)}
@@ -305,27 +302,7 @@ def detect_changes(
         say(
             f"Sampling {len(flat)} outputs per model in {sum(1 for v in alloc.values() if v)} regions"
         )
-        seed_b = cfg.seed if cfg.coupling == "common" else cfg.seed + 7_777_777
-        out_a = _sample_outputs(engine_a, flat, cfg, cfg.seed)
-        out_b = (
-            out_a
-            if identical and cfg.coupling == "common"
-            else _sample_outputs(engine_b, flat, cfg, seed_b)
-        )
-        if "logprob" in cfg.stats:
-            say("Scoring each model's samples under both models")
-            prompts = [it.prompt for it in flat]
-            ta, tb = [o.text for o in out_a], [o.text for o in out_b]
-            aa = engine_a.continuation_nll(prompts, ta, batch_size=cfg.batch_size)
-            ba = engine_b.continuation_nll(prompts, ta, batch_size=cfg.batch_size)
-            ab = engine_a.continuation_nll(prompts, tb, batch_size=cfg.batch_size)
-            bb = engine_b.continuation_nll(prompts, tb, batch_size=cfg.batch_size)
-            # D = [log p_A(y_A) − log p_B(y_A)] + [log p_B(y_B) − log p_A(y_B)], per token
-            divergence = [
-                (_per_token(b_ya.nll) - _per_token(a_ya.nll))
-                + (_per_token(a_yb.nll) - _per_token(b_yb.nll))
-                for a_ya, b_ya, a_yb, b_yb in zip(aa, ba, ab, bb, strict=True)
-            ]
+        out_a, out_b, divergence = _sample_and_score(engine_a, engine_b, flat, cfg, say)
     t_sample = time.perf_counter() - t1
 
     # 5. tests per region
@@ -338,41 +315,13 @@ def detect_changes(
         pos += n
         items = chosen[r.name]
         tests = _region_tests(r, items, out_a[sl], out_b[sl], divergence[sl], cfg)
-        p_region = combine_bonferroni([t.p_value for t in tests])
-        top = min(tests, key=lambda t: (t.p_value, -abs(t.effect))) if tests else None
         results.append(
-            RegionResult(
-                region=r.name,
-                description=r.description,
-                n_prompts=len(r.items),
-                n_screen=len(splits[r.name][0]),
-                n_confirm=len(splits[r.name][1]),
-                screen=screens[r.name],
-                screen_rank=rank[r.name],
-                allocated=n,
-                tests=tests,
-                p_value=p_region,
-                top_stat=top.stat if top and top.n else "",
-                screen_ids=[it.id for it in splits[r.name][0]],
-                confirm_ids=[it.id for it in items],
-            )
+            _region_result(r, splits[r.name], screens[r.name], rank[r.name], n, items, tests)
         )
         outputs[r.name] = (items, out_a[sl], out_b[sl], divergence[sl])
 
     # 6. FDR over the fixed family
-    pvals = [r.p_value for r in results]
-    if cfg.fdr == "bh":
-        flags, qvals = benjamini_hochberg(pvals, cfg.q)
-    else:
-        order = sorted(range(len(results)), key=lambda i: results[i].screen_rank)
-        decide = saffron if cfg.fdr == "saffron" else addis
-        dec = decide([pvals[i] for i in order], cfg.q)
-        flags = [False] * len(results)
-        for i, d in zip(order, dec, strict=True):
-            flags[i] = d
-        _, qvals = benjamini_hochberg(pvals, cfg.q)  # reported for reference only
-    for res, f, qv in zip(results, flags, qvals, strict=True):
-        res.flagged, res.q_value = f, qv
+    flags = _flag_regions(results, cfg)
 
     # 7. naming of flagged regions
     for res in results:
@@ -402,3 +351,119 @@ def detect_changes(
         cost=cost,
         identical_weights=identical,
     )
+
+
+def _screen_regions(
+    engine_a: Engine,
+    engine_b: Engine,
+    regions: Sequence[Region],
+    splits: dict[str, tuple[list[PromptItem], list[PromptItem]]],
+    cfg: DiffConfig,
+) -> tuple[dict[str, RegionScreen], ScreenCost]:
+    """Step 2: one batched KL pass over every region's screening half; per-region summaries."""
+    screen_list = [it for r in regions for it in splits[r.name][0]]
+    kls, scost = screen_items(
+        engine_a, engine_b, screen_list, k=cfg.k, reference=cfg.reference, batch_size=cfg.batch_size
+    )
+    screens: dict[str, RegionScreen] = {}
+    pos = 0
+    for r in regions:
+        n = len(splits[r.name][0])
+        screens[r.name] = summarize_screen(r.name, kls[pos : pos + n], cfg.k)
+        pos += n
+    return screens, scost
+
+
+def _region_result(
+    region: Region,
+    split: tuple[list[PromptItem], list[PromptItem]],
+    screen: RegionScreen,
+    screen_rank: int,
+    allocated: int,
+    tested: Sequence[PromptItem],
+    tests: list[StatTest],
+) -> RegionResult:
+    """Step 5's record of one region: Bonferroni over its statistics, the top statistic."""
+    top = min(tests, key=lambda t: (t.p_value, -abs(t.effect))) if tests else None
+    screen_half, confirm_half = split
+    return RegionResult(
+        region=region.name,
+        description=region.description,
+        n_prompts=len(region.items),
+        n_screen=len(screen_half),
+        n_confirm=len(confirm_half),
+        screen=screen,
+        screen_rank=screen_rank,
+        allocated=allocated,
+        tests=tests,
+        p_value=combine_bonferroni([t.p_value for t in tests]),
+        top_stat=top.stat if top and top.n else "",
+        screen_ids=[it.id for it in screen_half],
+        confirm_ids=[it.id for it in tested],
+    )
+
+
+def _sample_and_score(
+    engine_a: Engine,
+    engine_b: Engine,
+    items: Sequence[PromptItem],
+    cfg: DiffConfig,
+    say: PhaseFn,
+) -> tuple[list[Any], list[Any], list[float]]:
+    """Step 4: one sampled output per model per prompt (common random numbers unless
+    ``coupling="independent"``), and the cross-model divergence when ``logprob`` is tested."""
+    identical = engine_a.model is engine_b.model
+    seed_b = cfg.seed if cfg.coupling == "common" else cfg.seed + 7_777_777
+    out_a = _sample_outputs(engine_a, items, cfg, cfg.seed)
+    out_b = (
+        out_a
+        if identical and cfg.coupling == "common"
+        else _sample_outputs(engine_b, items, cfg, seed_b)
+    )
+    divergence: list[float] = []
+    if "logprob" in cfg.stats:
+        say("Scoring each model's samples under both models")
+        divergence = _cross_divergence(engine_a, engine_b, items, out_a, out_b, cfg)
+    return out_a, out_b, divergence
+
+
+def _cross_divergence(
+    engine_a: Engine,
+    engine_b: Engine,
+    items: Sequence[PromptItem],
+    out_a: Sequence[Any],
+    out_b: Sequence[Any],
+    cfg: DiffConfig,
+) -> list[float]:
+    """Per prompt ``D = [log p_A(y_A) − log p_B(y_A)] + [log p_B(y_B) − log p_A(y_B)]``,
+    each term per token (the ``logprob`` statistic; module doc)."""
+    prompts = [it.prompt for it in items]
+    ta, tb = [o.text for o in out_a], [o.text for o in out_b]
+    aa = engine_a.continuation_nll(prompts, ta, batch_size=cfg.batch_size)
+    ba = engine_b.continuation_nll(prompts, ta, batch_size=cfg.batch_size)
+    ab = engine_a.continuation_nll(prompts, tb, batch_size=cfg.batch_size)
+    bb = engine_b.continuation_nll(prompts, tb, batch_size=cfg.batch_size)
+    return [
+        (_per_token(b_ya.nll) - _per_token(a_ya.nll))
+        + (_per_token(a_yb.nll) - _per_token(b_yb.nll))
+        for a_ya, b_ya, a_yb, b_yb in zip(aa, ba, ab, bb, strict=True)
+    ]
+
+
+def _flag_regions(results: Sequence[RegionResult], cfg: DiffConfig) -> list[bool]:
+    """Step 6: set every region's ``flagged`` and ``q_value`` (BH, or SAFFRON/ADDIS in
+    screening-rank order with BH q-values for reference); returns the flags."""
+    pvals = [r.p_value for r in results]
+    if cfg.fdr == "bh":
+        flags, qvals = benjamini_hochberg(pvals, cfg.q)
+    else:
+        order = sorted(range(len(results)), key=lambda i: results[i].screen_rank)
+        decide = saffron if cfg.fdr == "saffron" else addis
+        dec = decide([pvals[i] for i in order], cfg.q)
+        flags = [False] * len(results)
+        for i, d in zip(order, dec, strict=True):
+            flags[i] = d
+        _, qvals = benjamini_hochberg(pvals, cfg.q)  # reported for reference only
+    for res, f, qv in zip(results, flags, qvals, strict=True):
+        res.flagged, res.q_value = f, qv
+    return flags

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfimprove.errors import ConfigError, StoreError
+from selfimprove.errors import ConfigError
 from selfimprove.evaluate import (
     EvalRecord,
     ProgressHook,
@@ -54,7 +54,7 @@ def run_loop(
     hook = hook or ProgressHook()
     store = RunStore(cfg.store.root)
     store.mark_stale_running()
-    prev = _previous_run(store, resume) if resume is not None else None
+    prev = store.resumable(resume, kind="run") if resume is not None else None
     if prev is not None:
         cfg = type(cfg).model_validate(prev.config)
     lcfg = cfg.loop
@@ -108,20 +108,13 @@ def evaluation_plan(lcfg: LoopConfig) -> tuple[list[Any], list[Any], list[Any]]:
     return skills, sentinels, plan
 
 
-def _previous_run(store: RunStore, run_id: str) -> RunInfo:
-    prev = store.get_run(run_id)
-    if prev.kind != "run":
-        raise StoreError(f"Run {prev.id} is a {prev.kind!r} run, not a `selfimprove run`.")
-    return prev
-
-
 @contextmanager
 def _open_run(
     store: RunStore, cfg: Config, prev: RunInfo | None, runtime: Runtime, base: LoadedModel
 ) -> Iterator[RunInfo]:
     """The run's lifecycle: ``store.resume`` an earlier run or ``store.track`` a new one."""
     if prev is not None:
-        with store.resume(prev.id) as info:
+        with store.resume(prev.id, kind="run") as info:
             yield info
         return
     prov = collect_provenance(

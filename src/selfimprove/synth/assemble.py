@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from selfimprove.synth.self_generated import normalize_text
+from selfimprove.synth.self_generated import near_duplicate_key
 from selfimprove.synth.worked import training_completion
 from selfimprove.tasks.base import Sample, Task
 from selfimprove.tasks.suites import anchor_passages
@@ -62,7 +62,7 @@ def prompt_text(row: TrainExample) -> str:
 
 def text_key(row: TrainExample) -> str:
     """Near-duplicate key of a row: normalized prompt + completion."""
-    return normalize_text(prompt_text(row) + " " + row.completion)
+    return near_duplicate_key(prompt_text(row) + " " + row.completion)
 
 
 def templated_rows(items: Sequence[Item], rnd: int, *, worked: bool) -> list[TrainExample]:

@@ -88,22 +88,8 @@ def _str_list(value: Any) -> list[str] | None:
 # --------------------------------------------------------------------------------------
 
 
-def load_bigbench_task(path: str | Path, *, answer_instruction: bool = True) -> Suite:
-    """A BIG-bench JSON task (``task.json``, or the folder holding it) as a suite.
-
-    Examples with ``target`` (a string or list of acceptable strings) become a ``generate``
-    task scored by exact text match; examples with ``target_scores`` (choice -> score)
-    become a ``choices`` task whose target is the best-scoring choice. A file with both
-    kinds yields two tasks (``<name>.generate`` and ``<name>.choices``) sharing the
-    category ``<name>``. ``task_prefix`` and ``example_input_prefix`` are prepended to
-    inputs; ``example_output_prefix`` is appended to multiple-choice inputs.
-
-    Raises:
-        DataError: Missing file, invalid JSON, or an example without usable fields.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "task.json"
+def _read_bigbench(path: Path) -> tuple[dict[str, Any], list[Any], str, dict[str, str]]:
+    """A BIG-bench task.json's object, its examples, its name and its three prefixes."""
     text = _read_text(path, "BIG-bench task.json")
     try:
         data = json.loads(text)
@@ -129,7 +115,26 @@ def load_bigbench_task(path: str | Path, *, answer_instruction: bool = True) -> 
         if not isinstance(value, str):
             raise DataError(f"{path}: '{key}' must be a string, got {type(value).__name__}")
         prefixes[key] = value
+    return data, examples, name, prefixes
 
+
+def load_bigbench_task(path: str | Path, *, answer_instruction: bool = True) -> Suite:
+    """A BIG-bench JSON task (``task.json``, or the folder holding it) as a suite.
+
+    Examples with ``target`` (a string or list of acceptable strings) become a ``generate``
+    task scored by exact text match; examples with ``target_scores`` (choice -> score)
+    become a ``choices`` task whose target is the best-scoring choice. A file with both
+    kinds yields two tasks (``<name>.generate`` and ``<name>.choices``) sharing the
+    category ``<name>``. ``task_prefix`` and ``example_input_prefix`` are prepended to
+    inputs; ``example_output_prefix`` is appended to multiple-choice inputs.
+
+    Raises:
+        DataError: Missing file, invalid JSON, or an example without usable fields.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "task.json"
+    data, examples, name, prefixes = _read_bigbench(path)
     generate: list[Sample] = []
     choices: list[Sample] = []
     for i, ex in enumerate(examples):
