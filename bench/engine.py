@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from selfimprove.config import DEFAULT_SUITES
+from selfimprove.config import DEFAULT_EVAL_SUITES
 from selfimprove.doctor import calibrate_bf16
 from selfimprove.engine import Engine
 from selfimprove.evaluate import plan_items, resolve_suites
@@ -37,9 +37,11 @@ def main() -> None:
     rt = resolve_runtime(args.threads, args.dtype)
     loaded = load_model(args.model)
     eng = Engine(loaded, runtime=rt)
-    per_suite = -(-args.n // len(DEFAULT_SUITES))
+    per_suite = -(-args.n // len(DEFAULT_EVAL_SUITES))
     items = [
-        s for _su, _t, xs in plan_items(resolve_suites(DEFAULT_SUITES), per_suite, 0) for s in xs
+        s
+        for _su, _t, xs in plan_items(resolve_suites(DEFAULT_EVAL_SUITES), per_suite, 0)
+        for s in xs
     ]
     prompts = [s.messages() for s in items][: args.n]
     model, tok = loaded.model, loaded.tokenizer

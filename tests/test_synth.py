@@ -160,7 +160,7 @@ def test_self_generated_pipeline_keeps_only_verified_examples():
     kept, funnel = self_generated_data(
         eng, pool, 10, cfg, seed=0, registry=NeverTrainRegistry(), seen=set()
     )
-    by = {(k.source, k.sample_id): k for k in kept}
+    by = {(k.source, k.id): k for k in kept}
     # STaR solved 4+6 directly
     assert ("star", "t/46") in by and by[("star", "t/46")].completion == "Answer: 10"
     # critique revision "Answer: 10" is correct for 3+7 only, and it carries the rejected reply
@@ -168,7 +168,7 @@ def test_self_generated_pipeline_keeps_only_verified_examples():
     assert ("critique", "t/22") not in by
     # rationalized replies are trained on the ORIGINAL prompt, never the hint
     rat = [k for k in kept if k.source == "rationalized"]
-    assert {k.sample_id for k in rat} == {"t/37", "t/22"}
+    assert {k.id for k in rat} == {"t/37", "t/22"}
     assert all("Hint" not in k.prompt for k in rat)
     # variations: model wrote "What is 40 + 2?" for both failures; gold 42 from our solver,
     # the second copy is a near-duplicate
@@ -215,13 +215,12 @@ def test_self_generated_respects_budget_on_a_real_tiny_model(tiny_llama):
     by_id = {s.id: s for *_, s in pool}
     for k in kept:
         if k.source != "variation":
-            assert task.score(k.completion, by_id[k.sample_id]).correct
+            assert task.score(k.completion, by_id[k.id]).correct
 
 
 def test_near_duplicate_key_folds_every_symbol_but_answer_normalisation_keeps_some():
     """Two rules on purpose: dedup treats rows differing only in symbols as one example;
     answer comparison (tasks.validators.normalize_text) keeps "°" apart."""
-    from selfimprove.synth import self_generated
     from selfimprove.synth.self_generated import near_duplicate_key
     from selfimprove.tasks.validators import normalize_text
 
@@ -230,4 +229,3 @@ def test_near_duplicate_key_folds_every_symbol_but_answer_normalisation_keeps_so
     assert near_duplicate_key("5 °C") == near_duplicate_key("5 C") == "5 c"
     assert normalize_text("5 °C") == "5 °c" != normalize_text("5 C")
     assert normalize_text(" The  Cat!") == near_duplicate_key(" The  Cat!") == "the cat"
-    assert self_generated.normalize_text is near_duplicate_key  # old name, until callers move

@@ -22,7 +22,8 @@ from selfimprove.store import DEFAULT_ROOT
 
 DEFAULT_CONFIG_NAME = "selfimprove.yaml"
 
-DEFAULT_SUITES = [
+#: `selfimprove eval`'s default suites: the built-in skill suites (the `skills` group).
+DEFAULT_EVAL_SUITES = [
     "arithmetic",
     "counting",
     "word_sort",
@@ -76,7 +77,7 @@ class GenerationConfig(_Section):
 
 class EvalConfig(_Section):
     suites: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_SUITES),
+        default_factory=lambda: list(DEFAULT_EVAL_SUITES),
         description="Built-in suite names and/or paths to task files (BIG-bench task.json, "
         "OpenAI-evals samples.jsonl, selfimprove JSONL).",
     )

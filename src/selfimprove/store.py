@@ -72,8 +72,8 @@ SCHEMA_VERSION = 1
 
 #: Packages whose versions go into every run's provenance (looked up, never imported).
 PROVENANCE_PACKAGES = ("selfimprove", "torch", "transformers", "peft", "numpy", "tokenizers")
-#: CPU flags that decide the run-time dtype policy (DESIGN §3: bf16 is 3× faster with
-#: AVX512-BF16 and 4–5× slower with AVX2 only).
+#: CPU flags that decide the run-time dtype policy (selfimprove.runtime: bf16 autocast is
+#: ~1.4–3× faster with AVX512-BF16/AMX and 4–5× slower with AVX2 only).
 DTYPE_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 _RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")

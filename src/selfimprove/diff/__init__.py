@@ -1,4 +1,4 @@
-"""Behavior-change detector: ``selfimprove diff A B`` as a library (DESIGN §6).
+"""Behavior-change detector: ``selfimprove diff A B`` as a library (pipeline: selfimprove.diff.detect's module docstring).
 
 Curated API:
 

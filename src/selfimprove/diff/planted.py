@@ -48,9 +48,9 @@ REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 def _default_suites() -> list[str]:
     """The evaluation's default suites plus three sentinels."""
     # Imported here: config.py imports the diff package for its `diff:` section.
-    from selfimprove.config import DEFAULT_SUITES
+    from selfimprove.config import DEFAULT_EVAL_SUITES
 
-    return [*DEFAULT_SUITES, "sentinel_math", "sentinel_reasoning", "sentinel_format"]
+    return [*DEFAULT_EVAL_SUITES, "sentinel_math", "sentinel_reasoning", "sentinel_format"]
 
 
 class PlantedConfig(BaseModel):

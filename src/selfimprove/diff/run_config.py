@@ -19,7 +19,7 @@ from selfimprove.diff.detect import DiffConfig
 from selfimprove.diff.regions import ClusterBy
 
 #: Regions compared when neither suites nor a prompt bank are given: the behaviours a
-#: fine-tune should not change (the evaluation's default suites are config.DEFAULT_SUITES).
+#: fine-tune should not change (the evaluation's default suites are config.DEFAULT_EVAL_SUITES).
 DEFAULT_REGION_SUITES = [
     "sentinel_math",
     "sentinel_reasoning",

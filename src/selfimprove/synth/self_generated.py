@@ -26,6 +26,7 @@ import math
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,10 +76,6 @@ def near_duplicate_key(text: str) -> str:
     "5 C" there, not here): rows that differ only in symbols count as one example.
     """
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
-
-
-#: Former name of :func:`near_duplicate_key`, kept while callers move over.
-normalize_text = near_duplicate_key
 
 
 def _ok(task: Task, output: str, sample: Sample) -> bool:
@@ -193,6 +190,179 @@ def parse_variation(task: Task, source: Sample, question: str, rng: random.Rando
 # --------------------------------------------------------------------------- the pipeline
 
 
+@dataclass
+class _Writer:
+    """What every stage of :func:`self_generated_data` shares."""
+
+    engine: Engine
+    pool: Sequence[tuple[str, Task, Sample]]
+    cfg: SelfDataConfig
+    seed: int
+    rnd: int
+    gen_kw: dict[str, Any]
+
+    def plain(self, i: int) -> str | list[dict[str, str]]:
+        s = self.pool[i][2]
+        return s.input if isinstance(s.input, str) else [m.model_dump() for m in s.messages()]
+
+    def row(self, i: int, completion: str, source: str, **kw: Any) -> TrainExample:
+        su, t, s = self.pool[i]
+        return TrainExample(
+            id=s.id,
+            suite=su,
+            category=t.category,
+            input_hash=s.input_hash(),
+            prompt=self.plain(i),
+            completion=completion.strip(),
+            source=source,
+            round=self.rnd,
+            **kw,
+        )
+
+
+def _star(w: _Writer, funnel: dict[str, int]) -> tuple[list[TrainExample], dict[int, str]]:
+    """STaR: ``star_k`` samples per item, keep a verified one; the rest are "wrong"."""
+    k = w.cfg.star_k
+    outs = w.engine.generate(
+        [w.plain(i) for i in range(len(w.pool)) for _ in range(k)],
+        temperature=w.cfg.temperature,
+        seed=w.seed,
+        **w.gen_kw,
+    )
+    star: list[TrainExample] = []
+    wrong: dict[int, str] = {}
+    for i, (_su, t, s) in enumerate(w.pool):
+        replies = [g.text for g in outs[i * k : (i + 1) * k]]
+        good = [r for r in replies if _ok(t, r, s)]
+        if good:
+            star.append(w.row(i, good[0], "star"))
+        else:
+            wrong[i] = replies[0]
+    funnel["star_sampled"] = len(outs)
+    funnel["star_verified"] = len(star)
+    return star, wrong
+
+
+def _rationalize(w: _Writer, failed: list[int], funnel: dict[str, int]) -> list[TrainExample]:
+    """Rationalization: a hint (the gold answer) for failed items; trained without the hint."""
+    k = w.cfg.star_k
+    outs = w.engine.generate(
+        [_hint_prompt(w.pool[i][2], w.pool[i][2].target) for i in failed for _ in range(k)],
+        temperature=w.cfg.temperature,
+        seed=w.seed + 1,
+        **w.gen_kw,
+    )
+    rows = []
+    for j, i in enumerate(failed):
+        _su, t, s = w.pool[i]
+        good = [
+            g.text
+            for g in outs[j * k : (j + 1) * k]
+            if _ok(t, g.text, s) and "hint" not in g.text.lower()
+        ]
+        if good:  # trained with the original prompt, never the hint
+            rows.append(w.row(i, good[0], "rationalized"))
+    funnel["rationalize_sampled"] = len(outs)
+    funnel["rationalize_verified"] = len(rows)
+    return rows
+
+
+def _critique(
+    w: _Writer, failed: list[int], wrong: dict[int, str], funnel: dict[str, int]
+) -> list[TrainExample]:
+    """Critique -> revision of a wrong reply; kept only when the verifier prefers it."""
+    outs = w.engine.generate(
+        [_critique_prompt(w.pool[i][2], wrong[i]) for i in failed],
+        temperature=0.0,
+        **{**w.gen_kw, "max_new_tokens": w.cfg.max_new_tokens + 32},
+    )
+    rows = []
+    for g, i in zip(outs, failed, strict=True):
+        _su, t, s = w.pool[i]
+        rev = _revision(g.text)
+        if _ok(t, rev, s) and not _ok(t, wrong[i], s):  # the verifier prefers the revision
+            rows.append(w.row(i, rev, "critique", rejected=wrong[i]))
+    funnel["critique_written"] = len(outs)
+    funnel["critique_verified"] = len(rows)
+    return rows
+
+
+def _variations(w: _Writer, failed: list[int], funnel: dict[str, int]) -> list[TrainExample]:
+    """Model-written variations of failed items, re-solved by our own solvers."""
+    outs = w.engine.generate(
+        [_variation_prompt(w.pool[i][2]) for i in failed],
+        temperature=w.cfg.temperature,
+        seed=w.seed + 2,
+        **{**w.gen_kw, "stop": ["\n\n"], "max_new_tokens": 48},
+    )
+    rng = random.Random(f"variation:{w.seed}")
+    rows = []
+    for g, i in zip(outs, failed, strict=True):
+        su, t, s = w.pool[i]
+        v = parse_variation(t, s, g.text, rng)
+        if v is not None:
+            rows.append(
+                TrainExample(
+                    id=v.id,
+                    suite=su,
+                    category=t.category,
+                    input_hash=v.input_hash(),
+                    prompt=v.input_text(),
+                    completion=t.reference(v),
+                    source="variation",
+                    round=w.rnd,
+                )
+            )
+    funnel["variation_written"] = len(outs)
+    funnel["variation_parsed_verified"] = len(rows)
+    return rows
+
+
+def _filter(
+    w: _Writer,
+    cands: list[TrainExample],
+    n_max: int,
+    *,
+    registry: NeverTrainRegistry,
+    seen: set[str],
+    batch_size: int,
+    funnel: dict[str, int],
+) -> list[TrainExample]:
+    """Perplexity band (model-written replies), never-train, near-duplicates, at most n_max."""
+    written = [c for c in cands if c.source != "variation"]
+    too_high: set[int] = set()
+    if written:
+        nll = w.engine.continuation_nll(
+            [c.prompt for c in written], [c.completion for c in written], batch_size=batch_size
+        )
+        too_high = {
+            id(c)
+            for c, sc in zip(written, nll, strict=True)
+            if not math.isfinite(sc.mean) or math.exp(sc.mean) > w.cfg.ppl_max
+        }
+    kept: list[TrainExample] = []
+    drops = {"dropped_perplexity": 0, "dropped_eval_overlap": 0, "dropped_duplicate": 0}
+    for c in cands:
+        if id(c) in too_high:
+            drops["dropped_perplexity"] += 1
+            continue
+        prompt_text = c.prompt if isinstance(c.prompt, str) else c.prompt[-1].content
+        if prompt_text in registry:
+            drops["dropped_eval_overlap"] += 1
+            continue
+        key = near_duplicate_key(prompt_text + " " + c.completion)
+        if key in seen:
+            drops["dropped_duplicate"] += 1
+            continue
+        if len(kept) >= n_max:
+            break
+        seen.add(key)
+        kept.append(c)
+    funnel.update(drops)
+    funnel["kept"] = len(kept)
+    return kept
+
+
 def self_generated_data(
     engine: Engine,
     pool: Sequence[tuple[str, Task, Sample]],
@@ -221,144 +391,19 @@ def self_generated_data(
         "stop": [ANSWER_LINE_STOP],
         "batch_size": batch_size,
     }
-    k = cfg.star_k
-
-    def ex(i: int, prompt: Any, completion: str, source: str, **kw: Any) -> TrainExample:
-        su, t, s = pool[i]
-        return TrainExample(
-            id=s.id,
-            suite=su,
-            category=t.category,
-            input_hash=s.input_hash(),
-            prompt=prompt,
-            completion=completion.strip(),
-            source=source,
-            round=rnd,
-            **kw,
-        )
-
-    def plain(i: int) -> str | list[dict[str, str]]:
-        s = pool[i][2]
-        return s.input if isinstance(s.input, str) else [m.model_dump() for m in s.messages()]
-
-    # STaR: k samples per item, keep a verified one
-    outs = engine.generate(
-        [plain(i) for i in range(len(pool)) for _ in range(k)],
-        temperature=cfg.temperature,
-        seed=seed,
-        **gen_kw,
-    )
-    star: list[TrainExample] = []
-    wrong: dict[int, str] = {}
-    for i, (_su, t, s) in enumerate(pool):
-        replies = [g.text for g in outs[i * k : (i + 1) * k]]
-        good = [r for r in replies if _ok(t, r, s)]
-        if good:
-            star.append(ex(i, plain(i), good[0], "star"))
-        else:
-            wrong[i] = replies[0]
-    funnel["star_sampled"] = len(outs)
-    funnel["star_verified"] = len(star)
+    w = _Writer(engine, pool, cfg, seed, rnd, gen_kw)
+    star, wrong = _star(w, funnel)
     failed = sorted(wrong)
-
-    rational: list[TrainExample] = []
-    if cfg.rationalize and failed:
-        outs = engine.generate(
-            [_hint_prompt(pool[i][2], pool[i][2].target) for i in failed for _ in range(k)],
-            temperature=cfg.temperature,
-            seed=seed + 1,
-            **gen_kw,
-        )
-        for j, i in enumerate(failed):
-            _su, t, s = pool[i]
-            good = [
-                g.text
-                for g in outs[j * k : (j + 1) * k]
-                if _ok(t, g.text, s) and "hint" not in g.text.lower()
-            ]
-            if good:  # trained with the original prompt, never the hint
-                rational.append(ex(i, plain(i), good[0], "rationalized"))
-        funnel["rationalize_sampled"] = len(outs)
-        funnel["rationalize_verified"] = len(rational)
-
-    critiques: list[TrainExample] = []
-    if cfg.critique and failed:
-        outs = engine.generate(
-            [_critique_prompt(pool[i][2], wrong[i]) for i in failed],
-            temperature=0.0,
-            **{**gen_kw, "max_new_tokens": cfg.max_new_tokens + 32},
-        )
-        for g, i in zip(outs, failed, strict=True):
-            _su, t, s = pool[i]
-            rev = _revision(g.text)
-            if _ok(t, rev, s) and not _ok(t, wrong[i], s):  # the verifier prefers the revision
-                critiques.append(ex(i, plain(i), rev, "critique", rejected=wrong[i]))
-        funnel["critique_written"] = len(outs)
-        funnel["critique_verified"] = len(critiques)
-
-    variations: list[TrainExample] = []
-    if cfg.variations and failed:
-        outs = engine.generate(
-            [_variation_prompt(pool[i][2]) for i in failed],
-            temperature=cfg.temperature,
-            seed=seed + 2,
-            **{**gen_kw, "stop": ["\n\n"], "max_new_tokens": 48},
-        )
-        rng = random.Random(f"variation:{seed}")
-        parsed = 0
-        for g, i in zip(outs, failed, strict=True):
-            su, t, s = pool[i]
-            v = parse_variation(t, s, g.text, rng)
-            if v is None:
-                continue
-            parsed += 1
-            variations.append(
-                TrainExample(
-                    id=v.id,
-                    suite=su,
-                    category=t.category,
-                    input_hash=v.input_hash(),
-                    prompt=v.input_text(),
-                    completion=t.reference(v),
-                    source="variation",
-                    round=rnd,
-                )
-            )
-        funnel["variation_written"] = len(outs)
-        funnel["variation_parsed_verified"] = parsed
-
-    # filters: perplexity band (model-written replies), never-train, near-duplicates
-    cands = critiques + rational + variations + star
-    written = [c for c in cands if c.source != "variation"]
-    if written:
-        nll = engine.continuation_nll(
-            [c.prompt for c in written], [c.completion for c in written], batch_size=batch_size
-        )
-        too_high = {
-            id(c)
-            for c, sc in zip(written, nll, strict=True)
-            if not math.isfinite(sc.mean) or math.exp(sc.mean) > cfg.ppl_max
-        }
-    else:
-        too_high = set()
-    kept: list[TrainExample] = []
-    drops = {"dropped_perplexity": 0, "dropped_eval_overlap": 0, "dropped_duplicate": 0}
-    for c in cands:
-        if id(c) in too_high:
-            drops["dropped_perplexity"] += 1
-            continue
-        prompt_text = c.prompt if isinstance(c.prompt, str) else c.prompt[-1].content
-        if prompt_text in registry:
-            drops["dropped_eval_overlap"] += 1
-            continue
-        key = near_duplicate_key(prompt_text + " " + c.completion)
-        if key in seen:
-            drops["dropped_duplicate"] += 1
-            continue
-        if len(kept) >= n_max:
-            break
-        seen.add(key)
-        kept.append(c)
-    funnel.update(drops)
-    funnel["kept"] = len(kept)
+    rational = _rationalize(w, failed, funnel) if cfg.rationalize and failed else []
+    critiques = _critique(w, failed, wrong, funnel) if cfg.critique and failed else []
+    variations = _variations(w, failed, funnel) if cfg.variations and failed else []
+    kept = _filter(
+        w,
+        critiques + rational + variations + star,
+        n_max,
+        registry=registry,
+        seen=seen,
+        batch_size=batch_size,
+        funnel=funnel,
+    )
     return kept, funnel

@@ -1,6 +1,6 @@
 """Confidence-weighted LoRA fine-tuning on CPU (single process or ``torchrun`` DDP).
 
-Method (DESIGN §5, "Weighted loss (verified recipe)"). Each example ``i`` has a weight
+Method (the weighted loss; its equivalences are tested in tests/test_train.py). Each example ``i`` has a weight
 ``w_i`` and per-token NLLs ``nll_it`` on its completion tokens (mask ``m_it``). The loss of one
 optimizer step is
 
@@ -412,7 +412,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
 
 
 class WeightedTrainer(Trainer):
-    """``transformers.Trainer`` with the per-example weighted loss of DESIGN §5.
+    """``transformers.Trainer`` with the per-example weighted loss of the module docstring.
 
     The loss returned for a micro-batch is its share of the step loss
     (``Σ w·nll / N_step``), so ``training_step`` must not divide it by GA again.
@@ -710,6 +710,38 @@ def apply_weight_policy(
     ]
 
 
+def _checked_dataset(
+    loaded: LoadedModel,
+    examples: list[TrainExample],
+    cfg: TrainConfig,
+    engine: Engine,
+    never_train: NeverTrainRegistry | None,
+) -> TokenizedDataset:
+    """The tokenized training set, after the checks that must fail before any training."""
+    if never_train is not None:
+        never_train.check(_training_items(examples))
+    if not examples:
+        raise DataError("No training examples were given; nothing to train on.")
+    if hasattr(loaded.model, "peft_config"):
+        raise ConfigError(
+            f"{loaded.name} already carries a PEFT adapter; train from the base model "
+            "(load it without --adapter) so the new adapter applies to the base weights."
+        )
+    dataset = build_dataset(
+        examples,
+        loaded.tokenizer,
+        engine.format_prompt,
+        cfg.max_length,
+        add_special_tokens=not engine.use_chat_template,
+    )
+    if len(dataset) == 0:
+        raise DataError(
+            f"None of the {len(examples)} training examples fits in max_length={cfg.max_length} "
+            "tokens; raise max_length."
+        )
+    return dataset
+
+
 def train_lora(
     loaded: LoadedModel,
     examples: list[TrainExample],
@@ -747,31 +779,10 @@ def train_lora(
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    if never_train is not None:
-        never_train.check(_training_items(examples))
-    if not examples:
-        raise DataError("No training examples were given; nothing to train on.")
-    if hasattr(loaded.model, "peft_config"):
-        raise ConfigError(
-            f"{loaded.name} already carries a PEFT adapter; train from the base model "
-            "(load it without --adapter) so the new adapter applies to the base weights."
-        )
     runtime = runtime or resolve_runtime()
     # for its chat formatting and pad id only
     engine = Engine(loaded, runtime=runtime, system_prompt=system_prompt)
-
-    dataset = build_dataset(
-        examples,
-        loaded.tokenizer,
-        engine.format_prompt,
-        cfg.max_length,
-        add_special_tokens=not engine.use_chat_template,
-    )
-    if len(dataset) == 0:
-        raise DataError(
-            f"None of the {len(examples)} training examples fits in max_length={cfg.max_length} "
-            "tokens; raise max_length."
-        )
+    dataset = _checked_dataset(loaded, examples, cfg, engine, never_train)
     weights = [r["weight"] for r in dataset.rows]
 
     set_seed(cfg.seed)  # LoRA A init is random
