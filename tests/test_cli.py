@@ -221,3 +221,22 @@ def test_runs_list_and_show_find_the_store_the_config_file_names(
     (tmp_path / "selfimprove.yaml").unlink()
     default = runner.invoke(app, ["runs", "list"])
     assert "No runs in selfimprove_runs" in default.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["eval", "-n", "abc"], ["eval", "--bogus"], ["runs", "show"], ["sweep"]],
+    ids=["bad-int", "unknown-option", "missing-argument", "missing-option"],
+)
+def test_usage_errors_through_the_real_entry_point_say_what_without_a_traceback(args, tmp_path):
+    """Through ``main()`` as installed (CliRunner skips it): typer raises its bundled click's
+    exceptions, which ``main()`` must render as a usage message with exit code 2."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from selfimprove.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "Error" in out.stderr

@@ -638,10 +638,22 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:  # usage errors (bad option value, unknown option, missing argument)
+        if isinstance(e, _usage_error_types()):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """click's and typer's usage-error classes: typer >= 0.2x raises its *bundled* click's
+    exceptions (``typer._click``), which are not subclasses of the installed click's."""
+    import importlib
+
+    out = []
+    for mod in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            out.append(importlib.import_module(mod).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(out)
