@@ -115,3 +115,40 @@ def test_many_overlaps_are_truncated_in_message() -> None:
         registry.check(_eval_samples())
     assert "80 of 80 training items" in str(err.value)
     assert "and 70 more" in str(err.value)
+
+
+_CONCURRENT_WRITER = """
+import sys, time
+from selfimprove.tasks.never_train import NeverTrainRegistry
+path, tag, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    pass
+for i in range(100):
+    items = [f"question {tag} {i} {j}" for j in range(20)]
+    NeverTrainRegistry.register(path, [(items, f"eval:{tag}")])
+"""
+
+
+def test_concurrent_registrations_keep_every_entry(tmp_path):
+    """Two processes register into one store at the same time (two runs sharing a store):
+    every item of both must be in the file afterwards."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "never_train.json"
+    start = str(time.time() + 1.5)  # both writers start together
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER, str(path), tag, start])
+        for tag in ("a", "b")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    reg = NeverTrainRegistry.load(path)
+    missing = [
+        f"question {tag} {i} {j}"
+        for tag in ("a", "b")
+        for i in range(100)
+        for j in range(20)
+        if f"question {tag} {i} {j}" not in reg
+    ]
+    assert missing == [] and len(reg) == 4000

@@ -356,15 +356,12 @@ def evaluate_to_store(
 
 
 def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegistry:
-    """Add every planned evaluation item to ``<store>/never_train.json`` (atomic) and return
-    the registry, which training code checks so no evaluation item is ever trained on."""
-    path = store.root / "never_train.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    registry = NeverTrainRegistry.load(path) if path.is_file() else NeverTrainRegistry()
-    for suite, _task, samples in plan:
-        registry.add(samples, source=f"eval:{suite.name}")
-    registry.save(path)
-    return registry
+    """Add every planned evaluation item to ``<store>/never_train.json`` (atomic, locked against
+    runs registering at the same time) and return the registry, which training code checks so no evaluation item is ever trained on."""
+    return NeverTrainRegistry.register(
+        store.root / "never_train.json",
+        [(samples, f"eval:{suite.name}") for suite, _task, samples in plan],
+    )
 
 
 def resolve_suites(names: Sequence[str]) -> list[Any]:

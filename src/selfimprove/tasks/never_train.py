@@ -116,6 +116,28 @@ class NeverTrainRegistry:
         atomic_write_text(Path(path), json.dumps(self._sources, indent=0, sort_keys=True))
 
     @classmethod
+    def register(
+        cls, path: str | Path, batches: Iterable[tuple[Iterable[Sample | str], str]]
+    ) -> NeverTrainRegistry:
+        """Add ``(samples, source)`` batches to the registry file and return the merged registry.
+
+        Read, merge and write happen under an exclusive lock on ``<path>.lock`` (``flock``),
+        so runs that share a store and register at the same time never drop each other's
+        entries (a plain load -> add -> save lost all of one writer's items).
+        """
+        import fcntl
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            registry = cls.load(path) if path.is_file() else cls()
+            for samples, source in batches:
+                registry.add(samples, source=source)
+            registry.save(path)
+        return registry
+
+    @classmethod
     def load(cls, path: str | Path) -> NeverTrainRegistry:
         """Read a registry written by :meth:`save`.
 
