@@ -338,7 +338,8 @@ def run_cmd(
     for k, why in s.retired_targets.items():
         console.print(f"Retired target {k} ({why}): not chosen again")
     arms_ = list(s.accepted_rounds)
-    ct = Table(title=f"Per-category {s.metric} accuracy, % [95% CI] (* = targeted)")
+    label = "strict" if s.metric == "strict" else "extracted-answer"  # metric "correct"
+    ct = Table(title=f"Per-category {label} accuracy, % [95% CI] (* = targeted)")
     for c in ("suite", "category", "n", "before", *[f"after ({a})" for a in arms_]):
         ct.add_column(c, justify="right" if c not in ("suite", "category") else "left")
     for row in s.per_category:
