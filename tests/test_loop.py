@@ -381,3 +381,39 @@ def test_same_seed_gives_byte_identical_data_and_records(tmp_path, small_loop):
     assert {"data_r1_targeted.jsonl", "data_r1_random.jsonl", "eval_r0_base.jsonl"} <= set(a)
     assert a == b
     assert a["data_r1_random.jsonl"] != c["data_r1_random.jsonl"]
+
+
+def test_accepted_adapter_resolves_under_the_run_folder_from_any_directory(tmp_path, monkeypatch):
+    """state.json names an accepted adapter relative to its run, so a resume from another
+    working directory (or a moved store) finds it; older runs' cwd-relative paths still work."""
+    from selfimprove.loop.context import LoopContext, PhaseState
+
+    store = RunStore(tmp_path / "store")
+    run = store.create_run("run", config={}, seed=0, model="m")
+    run_dir = store.run_dir(run.id)
+    ctx = LoopContext(
+        cfg=None,  # type: ignore[arg-type]
+        store=store,
+        run_id=run.id,
+        phases=PhaseState(run_dir),
+        base=None,  # type: ignore[arg-type]
+        runtime=None,  # type: ignore[arg-type]
+        registry=NeverTrainRegistry(),
+        items=[],
+        skill_names=[],
+        sentinel_names=[],
+        sentinels=[],
+        hook=None,  # type: ignore[arg-type]
+    )
+    ctx.phases.state.current = {
+        "targeted": "adapters/r1_targeted",  # as written now
+        "random": f"selfimprove_runs/runs/{run.id}/adapters/r2_random",  # an older run's
+        "base": None,
+    }
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert ctx.current_adapter("targeted") == str(run_dir / "adapters" / "r1_targeted")
+    assert ctx.current_adapter("random") == str(run_dir / "adapters" / "r2_random")
+    assert ctx.current_adapter("base") is None and ctx.current_adapter("other") is None
+    assert Path(ctx.current_adapter("targeted")).is_absolute()

@@ -121,7 +121,11 @@ class LoopContext:
         return self.run_dir / "adapters" / ar.tag
 
     def current_adapter(self, arm: str) -> str | None:
-        return self.phases.state.current.get(arm)
+        """The arm's accepted adapter folder (``None``: the base model), under this run's
+        folder wherever the store is now: state.json names it relative to the run
+        (``adapters/r1_targeted``; older runs stored a cwd-relative path, read by its name)."""
+        cur = self.phases.state.current.get(arm)
+        return None if cur is None else str(self.run_dir / "adapters" / Path(cur).name)
 
 
 def fault(point: str) -> None:

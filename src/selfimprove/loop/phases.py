@@ -372,7 +372,7 @@ def gate(ctx: LoopContext, ar: ArmRound, after: list[EvalRecord]) -> None:
         )
         decision.reasons.append(ar.diff.line)
     if decision.accepted:
-        ctx.phases.state.current[ar.arm] = adapter
+        ctx.phases.state.current[ar.arm] = f"adapters/{ar.tag}"  # relative to the run folder
     ctx.phases.mark(f"{ar.tag}/gate")
 
 

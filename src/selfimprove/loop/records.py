@@ -90,7 +90,8 @@ class LoopState(BaseModel):
     done: list[str] = Field(default_factory=list)
     replay_funnel: ReplayFunnel = Field(default_factory=ReplayFunnel)
     rounds: list[ArmRound] = Field(default_factory=list)
-    current: dict[str, str | None] = Field(default_factory=dict)  # arm -> accepted adapter dir
+    #: arm -> accepted adapter folder relative to the run folder (None: the base model)
+    current: dict[str, str | None] = Field(default_factory=dict)
 
     _none_if_empty = field_validator("replay_funnel", mode="before")(
         lambda v: ReplayFunnel() if v == {} else v
