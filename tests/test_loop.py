@@ -23,6 +23,10 @@ def _eval_outputs(run_dir: Path) -> dict[str, list[tuple[str, str, bool | None]]
     return out
 
 
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 def _data(run_dir: Path) -> dict[str, list[str]]:
     return {
         p.name: [json.loads(x)["input_hash"] for x in p.read_text().splitlines() if x.strip()]
@@ -45,10 +49,40 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
             assert f"{tag}/{ph}" in state["done"]
         assert (run_dir / "adapters" / tag / "adapter_model.safetensors").is_file()
         assert (run_dir / "adapters" / tag / "train_result.json").is_file()
-    # same fixed evaluation items before and after, for every candidate
+    # the split: disjoint halves covering every item, sentinels all in confirmation
+    split = json.loads((run_dir / "split.json").read_text())
+    sel = {tuple(k) for k in split["selection"]}
+    conf = {tuple(k) for k in split["confirmation"]}
+    base = {(r["suite"], r["sample_id"]) for r in _rows(run_dir / "eval_r0_base.jsonl")}
+    assert sel and conf and not sel & conf and sel | conf == base
+    assert not {s for s, _ in sel} & {"sentinel_math", "general_nll"}
+    # every candidate is scored on the whole confirmation half; the random arm on nothing
+    # else, the targeted arm also on its targets' selection items (retirement) and, once
+    # accepted and about to choose targets again, on the whole selection half
     outs = _eval_outputs(run_dir)
-    ids = {name: [x[0] for x in rows] for name, rows in outs.items()}
-    assert len(set(map(tuple, ids.values()))) == 1 and len(outs) == 5
+    assert len(outs) == 5
+    for r in res.rounds:
+        got = {(x["suite"], x["sample_id"]) for x in _rows(run_dir / f"eval_{r.tag}.jsonl")}
+        assert conf <= got, r.tag
+        if r.arm == "random":
+            assert got == conf
+        else:
+            cats = {
+                (x["suite"], x["category"])
+                for x in _rows(run_dir / "eval_r0_base.jsonl")
+                if (x["suite"], x["sample_id"]) in got - conf
+            }
+            assert cats <= set(r.targets) or (r.accepted and got == base), r.tag
+        # the gate judged the confirmation half only
+        assert r.gate is not None and r.gate.target is not None
+        n_conf_targets = sum(
+            1
+            for x in _rows(run_dir / "eval_r0_base.jsonl")
+            if (x["suite"], x["sample_id"]) in conf
+            and (x["suite"], x["category"]) in set(r.targets)
+        )
+        assert r.gate.target.pooled.n == n_conf_targets
+    assert res.summary.n_confirmation == len(conf) and res.summary.n_selection == len(sel)
     # accumulated data: round 2 contains round 1's data plus the new budget
     data = _data(run_dir)
     for arm in ("targeted", "random"):
@@ -65,10 +99,9 @@ def test_loop_runs_every_phase_and_writes_artifacts(full_run):
     # each round is judged by the gate and explained
     for r in res.rounds:
         assert r.gate is not None and r.gate.reasons and isinstance(r.accepted, bool)
-        # the detector checked every candidate against its arm's model (reported, not gating)
-        assert r.diff is not None and r.train is not None
-        assert r.diff.line in r.gate.reasons and "behavior diff" in r.diff.line
-        assert r.diff.samples_per_model >= 0
+        # the detector runs on candidates the gate accepts (tests below); these were rejected
+        assert not r.accepted and r.diff is None and r.train is not None
+        assert "behavior diff: not run (the gate rejected the round)" in r.gate.reasons
         # + 3 general-text anchors (KL to the base), in both arms
         assert r.train.n_anchor_text == 3
         assert r.train.n_examples + r.train.n_dropped == r.n_train + 3
@@ -240,7 +273,8 @@ def test_efficiency_recovers_planted_gains_with_bootstrap_cis():
     assert e0.difference == 0 and e0.difference_ci[0] <= 0 <= e0.difference_ci[1]
     # no random gain -> ratio undefined, said so
     e1 = efficiency(base, tgt, base, [("s", "c")], "correct")
-    assert e1.ratio is None and e1.ratio_ci is None and e1.ratio_defined_fraction == 0
+    assert e1.ratio is None and e1.ratio_ci is None and e1.ratio_set.kind != "interval"
+    assert "unbounded" in e1.describe() and e.describe().startswith("last round")
 
 
 def test_replay_keeps_only_verified_base_answers_outside_targets(tmp_path, small_loop, monkeypatch):
@@ -417,3 +451,61 @@ def test_accepted_adapter_resolves_under_the_run_folder_from_any_directory(tmp_p
     assert ctx.current_adapter("random") == str(run_dir / "adapters" / "r2_random")
     assert ctx.current_adapter("base") is None and ctx.current_adapter("other") is None
     assert Path(ctx.current_adapter("targeted")).is_absolute()
+
+
+def test_accepted_model_is_scored_on_the_selection_half_and_checked_by_the_detector(
+    tmp_path, small_loop, monkeypatch
+):
+    """An accepted targeted candidate: the detector runs on it (flag), it is scored on the
+    rest of the selection half before it picks round 2's targets, and round 2's gate compares
+    against its confirmation records; a flagged change rejects round 2 (behavior_action)."""
+    from selfimprove.config import load_config
+    from selfimprove.loop import phases, run_loop
+    from selfimprove.loop.records import BehaviorDiff, FlaggedRegion
+
+    real = phases.behavior_diff
+    calls = []
+
+    def diff(ctx, a, b):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            return real(ctx, a, b)
+        flagged = [FlaggedRegion(region="sentinel_math", q=0.01, stat="accuracy")]
+        return BehaviorDiff(flagged=flagged, line="behavior diff: planted", samples_per_model=8)
+
+    monkeypatch.setattr(phases, "behavior_diff", diff)
+    over = small_loop
+    over["store"] = {"root": str(tmp_path / "s")}
+    over["loop"] = {
+        **over["loop"],
+        "arms": ["targeted"],
+        "behavior_action": "reject",
+        "gate": {
+            "sentinel_margin": 0.5,
+            "sentinel_mode": "pooled",
+            "require_target_gain": False,
+            "max_loss_ratio": 1e6,
+            "nll_margin": 1e3,
+        },
+    }
+    res = run_loop(load_config(None, over))
+    r1, r2 = res.rounds
+    assert r1.accepted and r1.diff is not None and r1.diff.samples_per_model >= 0
+    assert any(x.startswith(("ok: behavior diff", "warning: behavior diff")) for x in r1.reasons)
+    assert not r2.accepted and "rejected: behavior diff: planted" in r2.reasons
+    run_dir = Path(res.run_dir)
+    split = json.loads((run_dir / "split.json").read_text())
+    everything = {tuple(k) for k in split["selection"] + split["confirmation"]}
+    got = {(x["suite"], x["sample_id"]) for x in _rows(run_dir / "eval_r1_targeted.jsonl")}
+    assert got == everything  # scored on the whole selection half once accepted
+    conf = {tuple(k) for k in split["confirmation"]}
+    r1_conf = {
+        (x["suite"], x["sample_id"]): x["correct"]
+        for x in _rows(run_dir / "eval_r1_targeted.jsonl")
+        if (x["suite"], x["sample_id"]) in conf and (x["suite"], x["category"]) in set(r2.targets)
+    }
+    assert r2.gate.target.pooled.n == len(r1_conf)
+    assert r2.gate.target.pooled.before_rate == pytest.approx(
+        sum(bool(v) for v in r1_conf.values()) / len(r1_conf)
+    )
+    assert len(calls) == 2

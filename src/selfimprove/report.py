@@ -151,12 +151,10 @@ def _headline(s: LoopSummary | None) -> list[str]:
         "accepted rounds: " + ", ".join(f"{a} {n}" for a, n in s.accepted_rounds.items()),
     ]
     e = s.efficiency
-    if e is not None and e.n_items and e.gain_targeted is not None and e.gain_random is not None:
-        out.append(
-            f"last round, {e.n_items} target items: gain targeted {100 * e.gain_targeted:+.1f} "
-            f"pts, random {100 * e.gain_random:+.1f} pts, ratio "
-            + ("undefined" if e.ratio is None else f"{e.ratio:.2f}")
-        )
+    if e is not None and e.n_items:
+        out.append(e.describe())
+    if s.split:
+        out.append(f"evaluation items: {s.split}")
     out += [f"retired {k}: {why}" for k, why in s.retired_targets.items()]
     out.append(
         f"replay: {s.replay.kept_correct} of {s.replay.drawn} base answers kept; baseline "

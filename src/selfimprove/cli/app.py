@@ -359,16 +359,9 @@ def run_cmd(
     )
     e = s.efficiency
     if e is not None and e.n_items:
-        gt, gr = e.gain_targeted or 0.0, e.gain_random or 0.0
-        gt_ci, gr_ci = e.gain_targeted_ci or (gt, gt), e.gain_random_ci or (gr, gr)
-        console.print(
-            f"Last round, {e.n_items} target items: gain targeted "
-            f"{100 * gt:+.1f} pts [{100 * gt_ci[0]:+.1f}, {100 * gt_ci[1]:+.1f}], "
-            f"random {100 * gr:+.1f} pts [{100 * gr_ci[0]:+.1f}, {100 * gr_ci[1]:+.1f}]; "
-            f"efficiency ratio (targeted ÷ random, same example count): "
-            + ("undefined (random gain ≤ 0)" if e.ratio is None else f"{e.ratio:.2f}")
-            + (f" [{e.ratio_ci[0]:.2f}, {e.ratio_ci[1]:.2f}]" if e.ratio_ci else "")
-        )
+        console.print(e.describe()[0].upper() + e.describe()[1:])
+    if s.split:
+        console.print(f"Items: {s.split}")
     console.print(f"Report: {s.report}")
     console.print(f"Run [bold]{result.run_id}[/] saved to {result.run_dir}")
 

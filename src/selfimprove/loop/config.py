@@ -34,7 +34,18 @@ class LoopConfig(BaseModel):
     skill_suites: list[str] = Field(default_factory=lambda: ["skills"])
     sentinel_suites: list[str] = Field(default_factory=lambda: ["sentinels"])
     eval_n: int = Field(
-        32, ge=4, description="Fixed evaluation items per skill suite (split over categories)."
+        64,
+        ge=4,
+        description="Fixed evaluation items per skill suite (split over its categories, then "
+        "each category into a selection and a confirmation half: selfimprove.loop.split).",
+    )
+    selection_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Share of every skill category's evaluation items that choose the targets "
+        "(weak areas, learnability, retirement); the rest confirm them (the gate and every "
+        "reported gain). Disjoint, so a gain is never measured on the items that chose it.",
     )
     sentinel_n: int = Field(32, ge=4, description="Fixed evaluation items per sentinel suite.")
     weakness: WeaknessConfig = Field(default_factory=WeaknessConfig)
@@ -92,12 +103,19 @@ class LoopConfig(BaseModel):
         "from. Costs training time once a round is accepted.",
     )
     behavior_diff: int = Field(
-        0,
+        24,
         ge=0,
-        description="Samples per model for a behavior-change check of every candidate against "
-        "its arm's current model on the sentinel suites (selfimprove.diff.detect_changes, one "
-        "region per suite, BH at q=0.1). Reported next to the gate's reasons, not part of its "
-        "decision. 0 turns it off; 24 costs about a minute per candidate on 2 CPU cores.",
+        description="Samples per model for a behavior-change check (selfimprove.diff."
+        "detect_changes, one region per sentinel suite, BH at q=0.1) of every candidate the "
+        "statistical gate accepts, against its arm's current model; what it does with a "
+        "flagged region is behavior_action. Rejected candidates are not checked (the check "
+        "could not change their verdict). 0 turns it off; 24 costs about a minute on 2 cores.",
+    )
+    behavior_action: Literal["flag", "reject"] = Field(
+        "flag",
+        description="A candidate with a behavior change that survives FDR control on a "
+        "sentinel suite: 'flag' notes it in the gate's reasons and the report; 'reject' "
+        "also rejects the round.",
     )
     seed: int = Field(
         0, description="The run's seed: item plan, data draws, LoRA init and data order."

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from selfimprove.engine import Engine
 from selfimprove.evaluate import EvalRecord, Item, ProgressHook
 from selfimprove.loop.records import ArmRound, LoopState
+from selfimprove.loop.split import ItemSplit
 from selfimprove.models import LoadedModel, attach_adapter
 from selfimprove.runtime import Runtime
 from selfimprove.store import RunStore, atomic_write_text
@@ -83,10 +84,13 @@ class LoopContext:
     sentinel_names: list[str]
     sentinels: list[Any]
     hook: ProgressHook
+    #: which items choose targets and which judge them (set by the baseline phase)
+    split: ItemSplit = field(default_factory=lambda: ItemSplit(frozenset(), frozenset()))
     baseline: list[EvalRecord] = field(default_factory=list)
     baseline_seconds: float = 0.0
     replay_rows: list[TrainExample] = field(default_factory=list)
-    #: arm -> records of the arm's current (accepted) model on ``items``
+    #: arm -> records of the arm's current (accepted) model on ``items`` (confirmation half,
+    #: plus the selection half once the arm ranks weak areas on it)
     evals: dict[str, list[EvalRecord]] = field(default_factory=dict)
 
     @property

@@ -21,6 +21,7 @@ from selfimprove.engine import Engine
 from selfimprove.evaluate import EvalRecord, Item, aggregate, evaluate_to_store
 from selfimprove.loop.context import LoopContext, step_progress
 from selfimprove.loop.records import ArmRound, BehaviorDiff, FlaggedRegion, TrainRound
+from selfimprove.loop.split import load_or_make_split
 from selfimprove.synth import (
     assemble,
     random_control_samples,
@@ -72,8 +73,18 @@ def _records(ctx: LoopContext, name: str) -> list[EvalRecord]:
 
 
 def baseline(ctx: LoopContext) -> None:
-    """The base model on the fixed evaluation items (``eval_r0_base.jsonl``)."""
+    """The run's item split (``split.json``), then the base model on all the fixed evaluation
+    items, both halves (``eval_r0_base.jsonl``)."""
     t = time.time()
+    ctx.split = load_or_make_split(
+        ctx.run_dir,
+        ctx.items,
+        ctx.lcfg.seed,
+        sentinel_suites=ctx.sentinel_names,
+        selection_fraction=ctx.lcfg.selection_fraction,
+        started=ctx.phases.done("r0/baseline"),
+    )
+    ctx.hook.phase("Evaluation items: " + ctx.split.describe())
     ctx.hook.phase("Baseline evaluation")
     ctx.baseline = evaluate_phase(ctx, "eval_r0_base", ctx.engine_for(None), ctx.items)
     if not ctx.phases.done("r0/baseline"):
@@ -174,7 +185,10 @@ def weak_areas(ctx: LoopContext, ar: ArmRound) -> None:
     wcfg = ctx.lcfg.weakness
     retired = retired_targets(ctx, ar.round)
     areas = rank_weak_areas(
-        ctx.evals[ar.arm], wcfg, exclude_suites=ctx.sentinel_names, retired=retired
+        ctx.split.select(selection_records(ctx, ar.arm)),
+        wcfg,
+        exclude_suites=ctx.sentinel_names,
+        retired=retired,
     )
     ar.weak_areas = [a for a in areas if a.selected] or [
         a for a in areas if (a.suite, a.category) not in retired
@@ -192,6 +206,39 @@ def weak_areas(ctx: LoopContext, ar: ArmRound) -> None:
             else ""
         )
     )
+
+
+def selection_records(ctx: LoopContext, arm: str) -> list[EvalRecord]:
+    """The arm's current model's records, with every selection item scored.
+
+    Candidates are scored on the confirmation half and their targets' selection items only
+    (all the gate and retirement need); an accepted model of the targeted arm gets the rest
+    of the selection half here, when it is about to choose the next round's targets.
+    """
+    cur = ctx.phases.state.current.get(arm)
+    if cur is None:
+        return ctx.evals[arm]
+    have = {_key(r) for r in ctx.evals[arm]}
+    if any((it[0], it[2].id) not in have for it in ctx.split.select(ctx.items)):
+        ctx.hook.phase("Scoring the accepted model on the selection half")
+        ctx.evals[arm] = evaluate_phase(
+            ctx,
+            f"eval_{Path(cur).name}",
+            ctx.engine_for(ctx.current_adapter(arm)),
+            ctx.split.select(ctx.items),
+        )
+    return ctx.evals[arm]
+
+
+def candidate_items(ctx: LoopContext, ar: ArmRound) -> list[Item]:
+    """What a candidate is scored on: the confirmation half (gate, reported gains) and, for
+    the targeted arm, its targets' selection items (retirement of stalled targets)."""
+    want = set(ar.targets) if ar.arm == "targeted" else set()
+    return [
+        it
+        for it in ctx.items
+        if (it[0], it[2].id) in ctx.split.confirmation or (it[0], it[2].category) in want
+    ]
 
 
 def _fmt_funnel(f: dict[str, int]) -> str:
@@ -337,25 +384,27 @@ def train(ctx: LoopContext, ar: ArmRound, rows: list[TrainExample]) -> None:
 
 
 def evaluate(ctx: LoopContext, ar: ArmRound) -> list[EvalRecord]:
-    """The candidate on the same fixed items as the baseline (``eval_<tag>.jsonl``)."""
+    """The candidate on the fixed items it is judged on (``eval_<tag>.jsonl``,
+    :func:`candidate_items`)."""
     t = time.time()
     ctx.hook.phase("Post-training evaluation")
     after = evaluate_phase(
-        ctx, f"eval_{ar.tag}", ctx.engine_for(str(ctx.adapter_dir(ar))), ctx.items
+        ctx, f"eval_{ar.tag}", ctx.engine_for(str(ctx.adapter_dir(ar))), candidate_items(ctx, ar)
     )
     ar.seconds["eval"] = ar.seconds.get("eval", 0.0) + round(time.time() - t, 1)
     return after
 
 
 def gate(ctx: LoopContext, ar: ArmRound, after: list[EvalRecord]) -> None:
-    """Paired decision against the arm's current model; accepted adapters become current."""
+    """Paired decision against the arm's current model on the confirmation half; accepted
+    adapters become current. Retirement compares the targets' selection items."""
     from selfimprove.gate import decide
 
-    lcfg = ctx.lcfg
+    lcfg, split = ctx.lcfg, ctx.split
     targets = ar.targets or [(a.suite, a.category) for a in ar.weak_areas]
     decision = decide(
-        ctx.evals[ar.arm],
-        after,
+        split.confirm(ctx.evals[ar.arm]),
+        split.confirm(after),
         target_categories=targets,
         sentinel_suites=ctx.sentinel_names,
         config=lcfg.gate,
@@ -363,14 +412,22 @@ def gate(ctx: LoopContext, ar: ArmRound, after: list[EvalRecord]) -> None:
     )
     ar.gate, ar.accepted = decision, decision.accepted
     if ar.arm == "targeted":
-        stalled = stalled_targets(ctx.evals[ar.arm], after, targets, lcfg.weakness.metric)
+        stalled = stalled_targets(
+            split.select(ctx.evals[ar.arm]), split.select(after), targets, lcfg.weakness.metric
+        )
         ar.stalled = {f"{s}/{c}": why for (s, c), why in stalled.items()}
     adapter = str(ctx.adapter_dir(ar))
-    if lcfg.behavior_diff:
+    if lcfg.behavior_diff and decision.accepted:
         ar.diff = behavior_diff(
             ctx, ctx.engine_for(ctx.current_adapter(ar.arm)), ctx.engine_for(adapter)
         )
-        decision.reasons.append(ar.diff.line)
+        if ar.diff.flagged and lcfg.behavior_action == "reject":
+            decision.accepted = ar.accepted = False
+            decision.reasons.append("rejected: " + ar.diff.line)
+        else:
+            decision.reasons.append(("warning: " if ar.diff.flagged else "ok: ") + ar.diff.line)
+    elif lcfg.behavior_diff:
+        decision.reasons.append("behavior diff: not run (the gate rejected the round)")
     if decision.accepted:
         ctx.phases.state.current[ar.arm] = f"adapters/{ar.tag}"  # relative to the run folder
     ctx.phases.mark(f"{ar.tag}/gate")
@@ -399,8 +456,9 @@ def behavior_diff(ctx: LoopContext, engine_a: Engine, engine_b: Engine) -> Behav
         )
         for r in res.flagged
     ]
+    role = "rejects the round" if lcfg.behavior_action == "reject" else "flags only"
     line = (
-        "info (not part of the decision): behavior diff vs the arm's model on "
+        f"behavior diff ({role}) vs the arm's model on "
         f"{len(regions)} sentinel families, {res.cost.samples_per_model} samples/model: "
         + (
             ", ".join(f"{f.region} changed ({f.stat}, q={f.q:.3g})" for f in flagged)

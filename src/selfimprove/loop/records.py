@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from selfimprove.gate import GateDecision
 from selfimprove.loop.config import Arm
+from selfimprove.stats import RatioConfidenceSet
 from selfimprove.synth import Funnel
 from selfimprove.train import TrainResult
 from selfimprove.weakness import WeakArea
@@ -109,7 +110,9 @@ class RoundPoint(BaseModel):
 
 
 class Efficiency(BaseModel):
-    """Targeted vs random gain on the target items with paired-bootstrap 95% CIs."""
+    """Targeted vs random gain on the target items (paired-bootstrap 95% CIs), their
+    difference, and the ratio with its Fieller confidence set (``ratio_ci`` is ``None`` when
+    that set is unbounded: the random arm's gain is not significantly ≠ 0)."""
 
     n_items: int
     gain_targeted: float | None = None
@@ -120,7 +123,40 @@ class Efficiency(BaseModel):
     difference_ci: tuple[float, float] | None = None
     ratio: float | None = None
     ratio_ci: tuple[float, float] | None = None
-    ratio_defined_fraction: float | None = None
+    ratio_defined_fraction: float | None = Field(
+        None, description="Older runs only (the biased percentile interval it went with)."
+    )
+    ratio_set: RatioConfidenceSet | None = None
+
+    def describe(self) -> str:
+        """One line: the difference of gains first, then each gain, then the ratio."""
+        if not self.n_items or self.gain_targeted is None or self.gain_random is None:
+            return "no target items scored by both arms' last candidates"
+
+        def pts(v: float, ci: tuple[float, float] | None) -> str:
+            return f"{100 * v:+.1f} pts" + (
+                f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci is not None else ""
+            )
+
+        line = (
+            f"last round's candidates on {self.n_items} target confirmation items: "
+            f"targeted − random {pts(self.difference or 0.0, self.difference_ci)} "
+            f"(targeted {pts(self.gain_targeted, self.gain_targeted_ci)}, "
+            f"random {pts(self.gain_random, self.gain_random_ci)}); ratio "
+        )
+        rs = self.ratio_set
+        if self.ratio is None:
+            line += "undefined (random gain ≤ 0)"
+        else:
+            line += f"{self.ratio:.2f}"
+        if self.ratio_ci is not None:
+            line += f" [{self.ratio_ci[0]:.2f}, {self.ratio_ci[1]:.2f}] (Fieller 95%)"
+        elif rs is not None:
+            line += " (Fieller 95% set unbounded: random gain not significantly ≠ 0"
+            if rs.kind == "two_rays" and rs.gap is not None:
+                line += f"; excludes ({rs.gap[0]:.2f}, {rs.gap[1]:.2f})"
+            line += ")"
+        return line
 
 
 class CategoryChange(BaseModel):
@@ -143,17 +179,28 @@ class LoopSummary(BaseModel):
     metric: str
     target_acc_before: float | None
     target_acc_after: dict[str, float | None] = Field(
-        default_factory=dict, description="Arm -> its accepted model's accuracy on the targets."
+        default_factory=dict,
+        description="Arm -> its accepted model's accuracy on the targets' confirmation items. "
+        "The gate accepted that model on these very items, so after an accepted round this is "
+        "biased upward; `efficiency` (the last round's candidates, accepted or not) is the "
+        "unbiased comparison.",
     )
     retired_targets: dict[str, str] = Field(default_factory=dict)
     accepted_rounds: dict[str, int] = Field(default_factory=dict)
-    efficiency_ratio: float | None = None
+    efficiency_ratio: float | None = Field(
+        None, description="efficiency.ratio (kept for older readers of summary.json)."
+    )
     baseline_eval_seconds: float = 0.0
     per_round: list[RoundPoint] = Field(default_factory=list)
     efficiency: Efficiency | None = None
     per_category: list[CategoryChange] = Field(default_factory=list)
     replay: ReplayFunnel = Field(default_factory=ReplayFunnel)
     report: str | None = None
+    split: str = Field(
+        "", description="Which items chose the targets and which judged them (loop.split)."
+    )
+    n_selection: int = 0
+    n_confirmation: int = 0
 
 
 class LoopResult(BaseModel):
@@ -173,5 +220,11 @@ class SweepPoint(BaseModel):
     target_acc_before: float | None
     target_acc_after: dict[str, float | None]
     accepted_rounds: dict[str, int]
-    efficiency_ratio: float | None
+    efficiency_ratio: float | None = Field(
+        description="Targeted over random gain of the last round's candidates on the targets' "
+        "confirmation items (efficiency.ratio)."
+    )
+    efficiency: Efficiency | None = Field(
+        None, description="The unbiased comparison of the arms (LoopSummary.efficiency)."
+    )
     examples: dict[str, int]

@@ -138,23 +138,28 @@ def finish(ctx: LoopContext) -> LoopSummary:
     """Summary (``summary.json``, the registry), ``summary_rounds.json`` and the HTML report."""
     from selfimprove.report import render_run_report
 
-    rounds = ctx.phases.state.rounds
+    rounds, split = ctx.phases.state.rounds, ctx.split
+    # every number reported is on the confirmation half: none of it chose a target
     candidates: dict[tuple[int, str], list[EvalRecord]] = {
-        (r.round, str(r.arm)): [
+        (r.round, str(r.arm)): split.confirm(
             EvalRecord.model_validate(x)
             for x in ctx.store.read_records(ctx.run_id, f"eval_{r.tag}.jsonl")
-        ]
+        )
         for r in rounds
     }
     summary = summarize(
         rounds,
-        ctx.baseline,
-        ctx.evals,
+        split.confirm(ctx.baseline),
+        {arm: split.confirm(recs) for arm, recs in ctx.evals.items()},
         ctx.lcfg,
         ctx.baseline_seconds,
         candidates,
         replay=ctx.phases.state.replay_funnel,
     )
+    summary.split = split.describe()
+    summary.n_selection, summary.n_confirmation = len(split.selection), len(split.confirmation)
+    if split.legacy:
+        summary.n_selection = 0
     ctx.store.write_json(
         ctx.run_id, "summary_rounds.json", [r.model_dump(mode="json") for r in rounds]
     )
@@ -242,7 +247,8 @@ def run_sweep(
                 target_acc_before=s.target_acc_before,
                 target_acc_after=s.target_acc_after,
                 accepted_rounds=s.accepted_rounds,
-                efficiency_ratio=s.efficiency_ratio,
+                efficiency_ratio=s.efficiency.ratio if s.efficiency is not None else None,
+                efficiency=s.efficiency,
                 examples={
                     arm: max((r.n_train for r in res.rounds if r.arm == arm), default=0)
                     for arm in point.loop.arms

@@ -16,6 +16,7 @@ from selfimprove.loop.records import (
     ReplayFunnel,
     RoundPoint,
 )
+from selfimprove.stats import ratio_confidence_set
 
 Key = tuple[str, str]
 
@@ -41,25 +42,19 @@ def summarize(
     *,
     replay: ReplayFunnel | None = None,
 ) -> LoopSummary:
-    """Target-category accuracy before/after per arm, the efficiency ratio, per category.
+    """Target-category accuracy before/after per arm, the arms' comparison, per category.
 
     ``evals`` are each arm's accepted model's records; ``candidates`` every round's candidate
     records (accepted or not), from which the per-round curve and the efficiency comparison
-    (last round's candidates: both arms trained on the same number of examples) come.
+    (last round's candidates: both arms trained on the same number of examples, neither
+    chosen by the gate) come. The loop passes confirmation-half records only
+    (:mod:`selfimprove.loop.split`): no reported number is measured on an item that chose a
+    target.
     """
     targets = sorted({t for r in rounds if r.arm == "targeted" for t in r.targets})
     metric = lcfg.weakness.metric
     b = target_accuracy(baseline, targets, metric)
     after = {arm: target_accuracy(recs, targets, metric) for arm, recs in evals.items()}
-    n_ex = {
-        arm: max((r.n_train for r in rounds if r.arm == arm and r.accepted), default=0)
-        for arm in evals
-    }
-    g_t, g_r = (
-        (after[a] - b) if (after.get(a) is not None and b is not None) else None  # type: ignore[operator]
-        for a in ("targeted", "random")
-    )
-    n_t, n_r = n_ex.get("targeted", 0), n_ex.get("random", 0)
     s = LoopSummary(
         targets=[f"{su}/{c}" for su, c in targets],
         metric=metric,
@@ -72,11 +67,6 @@ def summarize(
             for k, why in r.stalled.items()
         },
         accepted_rounds={arm: sum(r.accepted for r in rounds if r.arm == arm) for arm in lcfg.arms},
-        efficiency_ratio=(
-            (g_t / n_t) / (g_r / n_r)
-            if g_t is not None and g_r is not None and n_t and n_r and g_r > 0
-            else None
-        ),
         baseline_eval_seconds=round(base_secs, 1),
         per_category=per_category(baseline, evals, targets, metric),
         replay=replay or ReplayFunnel(),
@@ -102,6 +92,7 @@ def summarize(
                 metric,
                 seed=lcfg.seed,
             )
+            s.efficiency_ratio = s.efficiency.ratio
     return s
 
 
@@ -152,12 +143,15 @@ def efficiency(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> Efficiency:
-    """Targeted vs random gain on the target items, with paired-bootstrap 95% CIs.
+    """Targeted vs random gain on the target items: the difference leads, the ratio follows.
 
     Both arms were trained on the same number of examples, so the ratio of gains is the
-    ratio of gains per example. Items are resampled jointly (the same items were evaluated
-    under the base and both candidates). The ratio is undefined when the random arm's gain
-    is not positive; its CI uses the resamples where it is, and says how many those were.
+    ratio of gains per example. Gains and their difference get paired-bootstrap 95% CIs
+    (items resampled jointly: the same items were evaluated under the base and both
+    candidates). The ratio gets a Fieller confidence set
+    (:func:`selfimprove.stats.ratio_confidence_set`), which is unbounded whenever the random
+    arm's gain is not significantly different from 0 — then only the difference says how
+    the arms compare, and ``ratio_ci`` is ``None``.
     """
     tset = set(targets)
     maps = [
@@ -176,8 +170,8 @@ def efficiency(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(keys), size=(n_boot, len(keys)))
     bt, br = gain_t[idx].mean(1), gain_r[idx].mean(1)
-    pos = br > 0
     gt, gr = float(gain_t.mean()), float(gain_r.mean())
+    ratio_set = ratio_confidence_set(gain_t, gain_r, confidence=0.95)
 
     def ci(x: np.ndarray) -> tuple[float, float]:
         return (float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975)))
@@ -191,6 +185,6 @@ def efficiency(
         difference=gt - gr,
         difference_ci=ci(bt - br),
         ratio=gt / gr if gr > 0 else None,
-        ratio_ci=ci(bt[pos] / br[pos]) if pos.mean() > 0.5 else None,
-        ratio_defined_fraction=float(pos.mean()),
+        ratio_ci=(ratio_set.lo, ratio_set.hi) if ratio_set.bounded else None,
+        ratio_set=ratio_set,
     )
