@@ -477,7 +477,10 @@ def test_noninferiority_power_matches_simulation(n, m, psi, delta):
 
 
 def test_pooled_sentinels_pass_where_per_suite_cannot():
-    """Five 24-item sentinels with no change but flips: per-suite cannot pass, pooled can."""
+    """Five 24-item sentinels with no change but flips: per-suite cannot pass, pooled can.
+
+    The default (pooled and per suite at the wider suite_margin) passes too.
+    """
     rng = np.random.default_rng(3)
     before, after = [], []
     for k in range(5):
@@ -493,10 +496,17 @@ def test_pooled_sentinels_pass_where_per_suite_cannot():
     per = decide(before, after, target_categories=[], sentinel_suites=suites,
                  config=GateConfig(sentinel_mode="per_suite", require_target_gain=False))  # fmt: skip
     pooled = decide(before, after, target_categories=[], sentinel_suites=suites,
-                    config=GateConfig(require_target_gain=False))  # fmt: skip
-    assert not per.accepted and pooled.accepted, pooled.reasons
+                    config=GateConfig(sentinel_mode="pooled", require_target_gain=False))  # fmt: skip
+    both = decide(before, after, target_categories=[], sentinel_suites=suites,
+                  config=GateConfig(require_target_gain=False))  # fmt: skip
+    assert not per.accepted and pooled.accepted and both.accepted, both.reasons
     assert [s.kind for s in pooled.sentinels] == ["binary"] + ["no_harm"] * 5
     assert pooled.sentinels[0].test is not None and pooled.sentinels[0].test.n == 120
+    assert [(s.suite, s.kind) for s in both.sentinels] == [
+        ("pooled: " + "+".join(suites), "binary")
+    ] + [(k, "binary") for k in suites]
+    margins = [s.test.margin for s in both.sentinels if s.test is not None]
+    assert margins == [0.10] + [0.20] * 5
 
 
 def test_pooled_sentinels_still_reject_one_collapsed_suite():
@@ -510,12 +520,21 @@ def test_pooled_sentinels_still_reject_one_collapsed_suite():
         b, a = _binary_records(f"s{k}", "c", x, y, as_dict=False)
         before += b
         after += a
-    d = decide(before, after, target_categories=[], sentinel_suites=[f"s{k}" for k in range(5)],
-               config=GateConfig(require_target_gain=False, sentinel_margin=0.2))  # fmt: skip
+    suites = [f"s{k}" for k in range(5)]
+    d = decide(before, after, target_categories=[], sentinel_suites=suites,
+               config=GateConfig(require_target_gain=False, sentinel_margin=0.2,
+                                 sentinel_mode="pooled"))  # fmt: skip
     assert not d.accepted
     harm = {s.suite: s.passed for s in d.sentinels if s.kind == "no_harm"}
     assert harm["s2"] is False and all(v for k, v in harm.items() if k != "s2")
     assert any(r.startswith("rejected: significantly worse") and "s2" in r for r in d.reasons)
+    # the default mode rejects it by s2's own non-inferiority test, and only by that
+    d = decide(before, after, target_categories=[], sentinel_suites=suites,
+               config=GateConfig(require_target_gain=False, sentinel_margin=0.2))  # fmt: skip
+    assert not d.accepted
+    own = {s.suite: s.passed for s in d.sentinels if s.suite in suites}
+    assert own["s2"] is False and all(v for k, v in own.items() if k != "s2")
+    assert d.sentinels[0].suite.startswith("pooled: ") and d.sentinels[0].passed
 
 
 def _with_other_skill(drop: float, seed: int = 1):

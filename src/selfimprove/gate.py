@@ -19,31 +19,59 @@ Method, in the order the gate applies it:
 2. **Sentinels** (did it break anything else?). Sentinels must show *non-inferiority*:
    binary outcomes by Tango's score test for a paired difference of proportions
    (H0: p_after − p_before ≤ −margin); NLL suites (general text, lower is better) by a
-   paired one-sided t-test on the per-item NLL (H0: mean increase ≥ margin). A round that
-   *fails to show* non-inferiority is rejected — absence of evidence of harm is not enough.
-   ``sentinel_mode="pooled"`` (default) runs one Tango test on the binary items of all
-   sentinel suites pooled, plus, per binary suite, an exact one-sided McNemar test for harm
-   (reject if that suite got significantly worse at α); ``"per_suite"`` runs a Tango test
-   per suite. Why pooled is the default: per suite, the test needs
-   ``n ≥ z_α²(1 − m)/m`` items just to pass when *nothing* changed (52 at m = 0.05), and
-   far more when a small model's greedy answers flip in both directions (measured on
-   SmolLM2-135M after one LoRA round: 10–50% of sentinel items discordant), so a gate of
-   several 24-item suites cannot accept any round. :func:`noninferiority_binary_power`
-   gives the exact power; the loop refuses a configuration that could not pass even with
-   zero changed items.
+   paired one-sided t-test on the per-item NLL (H0: mean increase ≥ ``nll_margin``), one
+   test per NLL suite in every mode. A round that *fails to show* non-inferiority is
+   rejected — absence of evidence of harm is not enough. ``sentinel_mode`` sets how the
+   binary suites are tested; below, a suite's *drop* is its true accuracy before minus after
+   (the flip probabilities right→wrong minus wrong→right of its items), and α the level:
+
+   * ``"pooled_and_suite"`` (default): one Tango test on the binary items of all sentinel
+     suites pooled at ``sentinel_margin`` (0.10) **and** one per binary suite at the wider
+     ``suite_margin`` (0.20; ``max(suite_margin, sentinel_margin)`` in fact, and a single
+     binary suite gets just its test at ``sentinel_margin``, which implies the other).
+     **Guarantee:** for every binary sentinel suite k, P(accept | suite k's drop ≥
+     suite_margin) ≤ α, and P(accept | the pooled drop ≥ sentinel_margin) ≤ α, whatever the
+     other suites do — up to the accuracy of Tango's normal approximation, whose exact
+     worst-case size over every flip rate (:func:`noninferiority_binary_size`) is 0.052,
+     0.062, 0.054 for one suite's test with 32, 48, 64 items at margin 0.20, and 0.051 for
+     the pooled test of 160 items at 0.10. Not guaranteed: anything about a suite that
+     loses less than suite_margin while the pooled drop stays under sentinel_margin (one of
+     five 32-item suites losing 15 points is still accepted in 8–10% of rounds). No McNemar
+     harm test: a suite's own test already bounds its loss, and five harm tests would also
+     reject 3–11% of unchanged rounds (five suites of 32–48 items, 10–20% of answers
+     flipping). A test whose 1 − 2α interval lies below 0 (significantly worse, by less
+     than its margin) gets a ``warning`` reason line instead (not gating).
+   * ``"pooled"`` (the old default): the pooled test plus, per binary suite, an exact
+     one-sided McNemar test that rejects a suite that got *significantly* worse at α. It
+     guarantees only the pooled bound, **not** any per-suite one: the harm test needs
+     evidence to reject, so with five 32-item suites a round in which one suite truly lost
+     15 points is accepted in 50–60% of rounds (20 points: about 35%; 10% of answers
+     flipping, bench/sentinel_gate_power.py).
+   * ``"per_suite"``: one Tango test per suite at ``sentinel_margin``. It guarantees
+     P(accept | any suite's drop ≥ sentinel_margin) ≤ α, but per suite the test needs
+     ``n ≥ z_α²(1 − m)/m`` items just to pass when *nothing* changed (25 at m = 0.10, 52 at
+     0.05), and far more when a small model's greedy answers flip in both directions
+     (measured on SmolLM2-135M after one LoRA round: 10–50% of sentinel items discordant):
+     five 32-item suites pass an unchanged round about 1% of the time.
+
+   :func:`gate_power` gives each test's exact pass probability when nothing changes,
+   :func:`gate_warnings` names the tests too small to pass an unchanged round (they can
+   still pass one in which the sentinel answers improve), and
+   ``bench/sentinel_gate_power.py`` simulates the whole gate per mode.
 3. **Training health** (:func:`check_losses`): every training loss finite, and the last
    loss at most ``max_loss_ratio`` × the first non-zero one (a first logging step of only
    KL-anchor rows logs exactly 0: the policy still equals the base model).
 
 Why no multiplicity correction across sentinels: the gate accepts only if *every* sentinel
-rejects its own null (H0_k: "suite k got worse by more than the margin"). The null we care
-about, "some sentinel got worse", is the union of the H0_k, and a test that rejects a union
-only when each member is rejected at level α has level α (Berger 1982, intersection–union
-test). Holm or BH would protect against a different error (claiming *some* sentinel is
-non-inferior) and would only make good rounds fail more often. The same argument covers the
-whole decision: accepting needs the target test *and* all sentinel tests to reject, so
-P(accept | target gain absent or any sentinel harmed beyond its margin) ≤ α. The price of k
-sentinels is paid in power (each must individually clear its margin), which margins and
+test rejects its own null (H0_j: "the items of test j — one suite, or the pooled suites — got
+worse by at least its margin"). The null we care about, "some sentinel got worse", is the
+union of the H0_j, and a test that rejects a union only when each member is rejected at level
+α has level α (Berger 1982, intersection–union test). Holm or BH would protect against a
+different error (claiming *some* sentinel is non-inferior) and would only make good rounds
+fail more often. The same argument covers the whole decision: accepting needs the target test
+*and* all sentinel tests to reject, so P(accept | target gain absent or any H0_j true) ≤ α
+(the ``"pooled"`` mode's harm tests are extra ways to reject, which only lower it). The price
+of k sentinels is paid in power (each must individually clear its margin), which margins and
 suite sizes control — not α.
 
 This module does not run evaluations, train, or look at the behaviour-change detector's
@@ -56,7 +84,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -152,7 +180,11 @@ class TargetResult(BaseModel):
 class SentinelResult(BaseModel):
     """One sentinel check: non-inferiority (binary or NLL) or, per suite, no significant harm.
 
-    ``suite`` names the suite, or ``"pooled: a+b+…"`` for the pooled binary test.
+    ``suite`` names the suite, or ``"pooled: a+b+…"`` for the pooled binary test. ``kind``:
+    ``"binary"`` (Tango non-inferiority; ``test.margin`` is ``sentinel_margin`` for the
+    pooled test and in ``"per_suite"`` mode, ``suite_margin`` for a suite's own test in
+    ``"pooled_and_suite"`` mode), ``"nll"``, or ``"no_harm"`` (``"pooled"`` mode's per-suite
+    McNemar harm test, in ``harm``).
     """
 
     suite: str
@@ -179,16 +211,37 @@ class GateConfig(BaseModel):
         0.10,
         gt=0.0,
         lt=1.0,
-        description="Non-inferiority margin for binary sentinels, in absolute accuracy "
-        "(0.10 = a drop of up to 10 points is tolerated). At 0.05 the test needs 52 items to "
-        "pass even when nothing changes, and about 250 for 80% power when 10% of answers flip.",
+        description="Non-inferiority margin of the pooled binary sentinel test ('pooled' and "
+        "'pooled_and_suite' modes) or of each suite's test ('per_suite'), in absolute accuracy "
+        "(0.10 = a drop of up to 10 points is tolerated). A test needs "
+        "min_noninferiority_n(margin) items to pass when no answer changes (25 at 0.10, 52 at "
+        "0.05).",
     )
-    sentinel_mode: Literal["pooled", "per_suite"] = Field(
-        "pooled",
-        description="'pooled': one non-inferiority test on all binary sentinel items pooled, "
-        "plus per suite an exact McNemar test that rejects a suite that got significantly "
-        "worse; 'per_suite': a non-inferiority test per suite (needs far more items per "
-        "suite; see noninferiority_binary_power).",
+    suite_margin: float = Field(
+        0.20,
+        gt=0.0,
+        lt=1.0,
+        description="'pooled_and_suite' mode only: non-inferiority margin of each binary "
+        "sentinel suite's own test, in absolute accuracy (the test uses max(suite_margin, "
+        "sentinel_margin): no suite is held tighter than the pool). It bounds what one suite "
+        "can lose: a round in which any suite truly lost this much or more is accepted with "
+        "probability at most alpha (to the accuracy of Tango's score test). Wider than "
+        "sentinel_margin because a suite has few items: 0.20 keeps an unchanged round's pass "
+        "rate usable at 32-64 items per suite (bench/sentinel_gate_power.py).",
+    )
+    sentinel_mode: Literal["pooled_and_suite", "pooled", "per_suite"] = Field(
+        "pooled_and_suite",
+        description="'pooled_and_suite': a non-inferiority test on all binary sentinel items "
+        "pooled (at sentinel_margin) and one per binary suite (at suite_margin); guarantees "
+        "P(accept | some suite lost >= suite_margin) <= alpha, for each suite, and P(accept | "
+        "the pooled items lost >= sentinel_margin) <= alpha (to the accuracy of Tango's score "
+        "test), nothing about smaller losses of one suite. 'pooled' (the old default): the "
+        "pooled test plus, per suite, an exact McNemar test that rejects a suite that got "
+        "significantly worse; guarantees only the pooled bound, NOT any per-suite bound (one "
+        "32-item suite of five can lose 15 points and pass in about half of the rounds). "
+        "'per_suite': a test per suite at sentinel_margin; guarantees P(accept | any suite "
+        "lost >= sentinel_margin) <= alpha but rarely passes with few items per suite (see "
+        "gate_power).",
     )
     nll_margin: float = Field(
         0.10,
@@ -386,14 +439,45 @@ def noninferiority_binary(
 
 
 def min_noninferiority_n(margin: float, alpha: float = 0.05) -> int:
-    """Fewest paired items with which :func:`noninferiority_binary` can pass at all.
+    """Fewest paired items with which :func:`noninferiority_binary` passes when no answer changes.
 
-    With no discordant pair the Tango statistic is ``sqrt(n·m/(1 − m))`` (q̃ = m), its
-    largest value at a given n; below this n the test rejects every round, whatever
-    the model does.
+    With no discordant pair (b = c = 0) the Tango statistic is ``sqrt(n·m/(1 − m))``
+    (q̃ = m), so with fewer items than this a round in which nothing changed always fails,
+    and so does one whose answers only flip evenly both ways. Fewer items do *not* make the
+    test impossible to pass: answers that improve (c > b) raise the statistic, e.g. at
+    margin 0.05 (this bound: 52) 47 items with 3 wrong→right and 0 right→wrong give
+    p = 0.009. So below this n the test cannot pass unless sentinel answers improve.
     """
     z = float(stats.norm.isf(alpha))
     return math.ceil(z * z * (1.0 - margin) / margin - 1e-9)
+
+
+def _tango_pass_cells(n: int, margin: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(b, c)`` tables (b + c ≤ n) on which :func:`noninferiority_binary` passes."""
+    b, c = np.meshgrid(np.arange(n + 1.0), np.arange(n + 1.0), indexing="ij")
+    keep = b + c <= n
+    b, c = b[keep], c[keep]
+    # tango_restricted_mle, vectorised (delta0 = −margin)
+    a1 = -b - c + (2.0 * n - c + b) * -margin
+    a0 = b * margin * (1.0 + margin)
+    q = (-a1 + np.sqrt(np.maximum(0.0, a1 * a1 - 8.0 * n * a0))) / (4.0 * n)
+    var = n * (2.0 * q - margin * (1.0 + margin))
+    num = c - b + n * margin
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > 0, num / np.sqrt(np.where(var > 0, var, 1.0)), np.inf)
+    ok = z >= float(stats.norm.isf(alpha))
+    return b[ok], c[ok]
+
+
+def _trinomial(b: np.ndarray, c: np.ndarray, n: int, pb: np.ndarray, pc: np.ndarray) -> np.ndarray:
+    """P(b right→wrong, c wrong→right) among n items, broadcast over rows of ``pb``/``pc``."""
+    from scipy.special import gammaln, xlogy
+
+    r = n - b - c
+    logp = gammaln(n + 1.0) - gammaln(b + 1.0) - gammaln(c + 1.0) - gammaln(r + 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = logp + xlogy(b, pb) + xlogy(c, pc) + xlogy(r, np.maximum(1.0 - pb - pc, 0.0))
+    return np.exp(logp)
 
 
 def noninferiority_binary_power(
@@ -409,66 +493,134 @@ def noninferiority_binary_power(
     Under a model where each item flips wrong→right with probability (ψ + δ)/2 and
     right→wrong with (ψ − δ)/2 (ψ = ``discordance``, δ = ``delta`` the true change in
     accuracy), the counts (b, c, rest) are trinomial; the power sums their probabilities
-    over the (b, c) where the score test rejects. Exact, O(n²).
+    over the (b, c) where the score test passes. Exact, O(n²) (vectorised).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     pb, pc = (discordance - delta) / 2.0, (discordance + delta) / 2.0
     if min(pb, pc) < 0 or pb + pc > 1:
         raise ValueError(f"impossible flip rates: discordance={discordance}, delta={delta}")
-    z_a = float(stats.norm.isf(alpha))
-    power = 0.0
-    lg = math.lgamma
-    for b in range(n + 1):
-        for c in range(n - b + 1):
-            q = tango_restricted_mle(b, c, n, -margin)
-            var = n * (2.0 * q - margin * (1.0 + margin))
-            z = (c - b + n * margin) / math.sqrt(var) if var > 0 else math.inf
-            if z < z_a:
-                continue
-            r = n - b - c
-            terms = [(b, pb), (c, pc), (r, 1.0 - pb - pc)]
-            if any(k > 0 and p_ <= 0 for k, p_ in terms):
-                continue
-            logp = lg(n + 1) - lg(b + 1) - lg(c + 1) - lg(r + 1)
-            logp += sum(k * math.log(p_) for k, p_ in terms if k > 0)
-            power += math.exp(logp)
+    b, c = _tango_pass_cells(n, margin, alpha)
+    power = float(np.sum(_trinomial(b, c, n, np.asarray(pb), np.asarray(pc))))
     return min(1.0, power)
 
 
-def _binary_families(n_by_suite: Mapping[str, int], config: GateConfig) -> dict[str, int]:
-    """The binary non-inferiority tests the gate runs: per suite, or one pooled test."""
-    if config.sentinel_mode == "per_suite" or len(n_by_suite) <= 1:
-        return dict(n_by_suite)
-    return {"pooled: " + "+".join(n_by_suite): sum(n_by_suite.values())}
+def noninferiority_binary_size(
+    n: int, margin: float, *, alpha: float = 0.05, grid: int = 401
+) -> float:
+    """Exact worst-case size of :func:`noninferiority_binary` with ``n`` items.
+
+    The largest probability of passing when accuracy truly fell by exactly ``margin``
+    (δ = −margin, the boundary of H0), maximised over the discordance ψ ∈ [margin, 1] on a
+    grid of ``grid`` points. Tango's test is a normal approximation, so this is close to
+    but not always below ``alpha`` (0.052, 0.062, 0.054 at margin 0.20 with 32, 48, 64
+    items; 0.051 at margin 0.10 with 160).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    b, c = _tango_pass_cells(n, margin, alpha)
+    psi = np.linspace(margin, 1.0, grid)[:, None]
+    sizes = _trinomial(b, c, n, (psi + margin) / 2.0, (psi - margin) / 2.0).sum(axis=1)
+    return float(min(1.0, sizes.max()))
+
+
+def _no_harm_power(n: int, alpha: float, discordance: float) -> float:
+    """Exact P(the one-sided McNemar harm test does *not* reject) when nothing changes."""
+    d = np.arange(n + 1)
+    p_d = stats.binom.pmf(d, n, discordance)  # discordant pairs
+    cc = np.arange(n + 1)[None, :]
+    p_less = stats.binom.cdf(cc, d[:, None], 0.5)  # P(c' ≤ c) under H0, per (d, c)
+    p_c = stats.binom.pmf(cc, d[:, None], 0.5)  # c | d when nothing changes
+    passes = (cc <= d[:, None]) & (p_less > alpha)
+    return float(min(1.0, np.sum(p_d * np.sum(np.where(passes, p_c, 0.0), axis=1))))
+
+
+class _BinaryPlan(NamedTuple):
+    """One binary sentinel test the gate runs (see :func:`_binary_families`)."""
+
+    kind: Literal["binary", "no_harm"]
+    suites: tuple[str, ...]
+    n: int
+    margin: float | None  # None for the McNemar harm test
+
+
+def _binary_families(n_by_suite: Mapping[str, int], config: GateConfig) -> dict[str, _BinaryPlan]:
+    """The binary sentinel tests the gate runs, by result name (``SentinelResult.suite``).
+
+    ``"pooled: a+b+…"`` names the pooled test; a suite's name, its own test. A suite's own
+    test in ``"pooled_and_suite"`` mode uses ``max(suite_margin, sentinel_margin)``: no
+    suite is held to a tighter margin than the pool. One binary suite gets one test at
+    ``sentinel_margin`` in every mode (its pooled test; its own test at a margin at least as
+    wide is implied by it, the score test's p-value falling as the margin widens).
+    """
+    suites = tuple(n_by_suite)
+    own = {s: _BinaryPlan("binary", (s,), n_by_suite[s], config.sentinel_margin) for s in suites}
+    if config.sentinel_mode == "per_suite" or len(suites) <= 1:
+        return own
+    name = "pooled: " + "+".join(suites)
+    plans = {name: _BinaryPlan("binary", suites, sum(n_by_suite.values()), config.sentinel_margin)}
+    kind: Literal["binary", "no_harm"] = "binary"
+    margin: float | None = max(config.suite_margin, config.sentinel_margin)
+    if config.sentinel_mode == "pooled":
+        kind, margin = "no_harm", None
+    for s in suites:
+        plans[s] = _BinaryPlan(kind, (s,), n_by_suite[s], margin)
+    return plans
 
 
 def gate_power(
     n_by_suite: Mapping[str, int], config: GateConfig, discordance: Sequence[float] = (0.1, 0.2)
 ) -> dict[str, float]:
-    """Exact power of each binary sentinel test when nothing truly changes.
+    """Exact pass probability of each binary sentinel test when nothing truly changes.
 
-    ``n_by_suite``: binary sentinel items per suite. Returns ``{"<test> @ <ψ> discordant":
-    power}``. Raises ``ValueError`` when a test has fewer items than
-    :func:`min_noninferiority_n`: that gate rejects every round whatever the model does.
+    Args:
+        n_by_suite: Binary sentinel items per suite.
+        config: The gate; ``sentinel_mode`` decides which tests run (the pooled test, the
+            per-suite tests, or the pooled mode's per-suite McNemar harm tests).
+        discordance: Fractions of items whose answer flips (half each way).
+
+    Returns:
+        ``{"<test> @ <ψ> discordant": P(pass)}`` for every test and ψ; the per-suite
+        McNemar harm tests of ``"pooled"`` mode are keyed ``"<suite> (no harm) @ …"``. A
+        test with fewer items than :func:`min_noninferiority_n` is included too: it
+        passes only in rounds where, by chance, more answers flip wrong→right than
+        right→wrong, so its power is low but not 0 (:func:`gate_warnings` names it). The round
+        passes only if every test passes; the tests share items, so the product of these
+        numbers approximates, not equals, the gate's pass rate (the bench
+        ``bench/sentinel_gate_power.py`` simulates it).
     """
-    tests = _binary_families(n_by_suite, config)
-    need = min_noninferiority_n(config.sentinel_margin, config.alpha)
-    short = {k: n for k, n in tests.items() if n < need}
-    if short:
-        raise ValueError(
-            "The gate can never accept a round: "
-            + ", ".join(f"{k} has {n} items" for k, n in short.items())
-            + f", but non-inferiority at margin {config.sentinel_margin:g} and alpha "
-            f"{config.alpha:g} needs at least {need} even when no answer changes."
-        )
-    return {
-        f"{k} @ {psi:.0%} discordant": noninferiority_binary_power(
-            n, config.sentinel_margin, alpha=config.alpha, discordance=psi
-        )
-        for k, n in tests.items()
-        for psi in discordance
-    }
+    out: dict[str, float] = {}
+    for name, plan in _binary_families(n_by_suite, config).items():
+        for psi in discordance:
+            if plan.margin is None:
+                key = f"{name} (no harm) @ {psi:.0%} discordant"
+                out[key] = _no_harm_power(plan.n, config.alpha, psi)
+            else:
+                key = f"{name} @ {psi:.0%} discordant"
+                out[key] = noninferiority_binary_power(
+                    plan.n, plan.margin, alpha=config.alpha, discordance=psi
+                )
+    return out
+
+
+def gate_warnings(n_by_suite: Mapping[str, int], config: GateConfig) -> list[str]:
+    """One line per binary sentinel test with fewer items than it needs to pass unchanged.
+
+    Such a gate is legal (it accepts rounds that improve the sentinels) but rejects every
+    round that leaves them as they were; see :func:`min_noninferiority_n`.
+    """
+    lines = []
+    for name, plan in _binary_families(n_by_suite, config).items():
+        if plan.margin is None:
+            continue
+        need = min_noninferiority_n(plan.margin, config.alpha)
+        if plan.n < need:
+            lines.append(
+                f"sentinel test {name} (non-inferiority at margin {plan.margin:g}, alpha "
+                f"{config.alpha:g}) has {plan.n} items: below {need} it cannot pass unless "
+                "sentinel answers improve (with no change it always fails)"
+            )
+    return lines
 
 
 def noninferiority_mean(
@@ -532,8 +684,15 @@ def noninferiority_mean(
 # ---------------------------------------------------------------------------------------------
 
 
+def _field(rec: Any, name: str) -> Any:
+    """:func:`~selfimprove.evaluate.record_field`, with a fast path for plain dict rows."""
+    if type(rec) is dict:
+        return rec.get(name)
+    return record_field(rec, name)
+
+
 def _key(rec: Any) -> tuple[str, str]:
-    return (str(record_field(rec, "suite")), str(record_field(rec, "sample_id")))
+    return (str(_field(rec, "suite")), str(_field(rec, "sample_id")))
 
 
 def _index(records: Sequence[Any], name: str) -> dict[tuple[str, str], Any]:
@@ -568,7 +727,7 @@ def _pair(before: Sequence[Any], after: Sequence[Any]) -> list[tuple[Any, Any]]:
     pairs = []
     for k, rb in bi.items():
         ra = ai[k]
-        hb, ha = record_field(rb, "input_hash"), record_field(ra, "input_hash")
+        hb, ha = _field(rb, "input_hash"), _field(ra, "input_hash")
         if hb is not None and ha is not None and hb != ha:
             raise ValueError(
                 f"item {k[0]}/{k[1]} has different inputs before and after "
@@ -581,7 +740,7 @@ def _pair(before: Sequence[Any], after: Sequence[Any]) -> list[tuple[Any, Any]]:
 def _is_binary(rec: Any) -> bool:
     # Decided on the *before* record; an after record with ``correct`` None (unscored)
     # counts as wrong, so a broken evaluation cannot drop items from a test.
-    return record_field(rec, "mode") != "nll" and record_field(rec, "correct") is not None
+    return _field(rec, "mode") != "nll" and _field(rec, "correct") is not None
 
 
 def _target(
@@ -592,7 +751,7 @@ def _target(
     wanted = {(str(s), str(c)) for s, c in target_categories}
     by_cat: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
     for rb, ra in pairs:
-        cat = (str(record_field(rb, "suite")), str(record_field(rb, "category")))
+        cat = (str(_field(rb, "suite")), str(_field(rb, "category")))
         if cat in wanted and _is_binary(rb):
             by_cat[cat].append((is_solved(rb, config.metric), is_solved(ra, config.metric)))
     missing = sorted(wanted - set(by_cat))
@@ -646,8 +805,8 @@ def _collateral(
         (is_solved(rb, config.metric), is_solved(ra, config.metric))
         for rb, ra in pairs
         if _is_binary(rb)
-        and str(record_field(rb, "suite")) not in sent
-        and (str(record_field(rb, "suite")), str(record_field(rb, "category"))) not in wanted
+        and str(_field(rb, "suite")) not in sent
+        and (str(_field(rb, "suite")), str(_field(rb, "category"))) not in wanted
     ]
     if not rows:
         return None
@@ -655,14 +814,10 @@ def _collateral(
 
 
 def _binary_noninferiority(
-    name: str, rows: list[tuple[Any, Any]], config: GateConfig
+    name: str, rows: list[tuple[bool, bool]], margin: float, config: GateConfig
 ) -> SentinelResult:
     t = noninferiority_binary(
-        [is_solved(rb, config.metric) for rb, _ in rows],
-        [is_solved(ra, config.metric) for _, ra in rows],
-        config.sentinel_margin,
-        alpha=config.alpha,
-        metric=config.metric,
+        [x for x, _ in rows], [y for _, y in rows], margin, alpha=config.alpha, metric=config.metric
     )
     return SentinelResult(suite=name, kind="binary", test=t, passed=t.non_inferior)
 
@@ -670,14 +825,23 @@ def _binary_noninferiority(
 def _sentinels(
     pairs: list[tuple[Any, Any]], sentinel_suites: Sequence[str], config: GateConfig
 ) -> list[SentinelResult]:
+    by_suite: dict[Any, list[tuple[Any, Any]]] = {s: [] for s in sentinel_suites}
+    for rb, ra in pairs:
+        rows = by_suite.get(_field(rb, "suite"))
+        if rows is not None:
+            rows.append((rb, ra))
     out: list[SentinelResult] = []
-    binary_by_suite: dict[str, list[tuple[Any, Any]]] = {}
-    for suite in sentinel_suites:
-        rows = [(rb, ra) for rb, ra in pairs if record_field(rb, "suite") == suite]
+    binary_by_suite: dict[str, list[tuple[bool, bool]]] = {}
+    for suite, rows in by_suite.items():
         if not rows:
             raise ValueError(f"sentinel suite {suite!r} has no records in the evaluation")
-        binary = [(rb, ra) for rb, ra in rows if _is_binary(rb)]
-        nll = [(rb, ra) for rb, ra in rows if record_field(rb, "mode") == "nll"]
+        binary: list[tuple[bool, bool]] = []
+        nll: list[tuple[Any, Any]] = []
+        for rb, ra in rows:
+            if _field(rb, "mode") == "nll":
+                nll.append((rb, ra))
+            elif _field(rb, "correct") is not None:  # _is_binary
+                binary.append((is_solved(rb, config.metric), is_solved(ra, config.metric)))
         if not binary and not nll:
             raise ValueError(
                 f"sentinel suite {suite!r} has neither binary (`correct`) nor NLL-mode records"
@@ -686,24 +850,19 @@ def _sentinels(
             binary_by_suite[suite] = binary
         if nll:
             out.append(_nll_sentinel(suite, nll, config))
+    binary_results: list[SentinelResult] = []
     families = _binary_families({k: len(v) for k, v in binary_by_suite.items()}, config)
-    if len(families) == len(binary_by_suite):  # one test per suite
-        binary_results = [_binary_noninferiority(s, r, config) for s, r in binary_by_suite.items()]
-    else:
-        (name,) = families
-        pooled = [p for rows in binary_by_suite.values() for p in rows]
-        binary_results = [_binary_noninferiority(name, pooled, config)]
-        for suite, rows in binary_by_suite.items():
-            h = mcnemar_exact(
-                [is_solved(rb, config.metric) for rb, _ in rows],
-                [is_solved(ra, config.metric) for _, ra in rows],
-                alternative="less",
+    for name, plan in families.items():
+        outcomes = [p for s in plan.suites for p in binary_by_suite[s]]
+        if plan.margin is not None:
+            binary_results.append(_binary_noninferiority(name, outcomes, plan.margin, config))
+            continue
+        h = mcnemar_exact([x for x, _ in outcomes], [y for _, y in outcomes], alternative="less")
+        binary_results.append(
+            SentinelResult(
+                suite=name, kind="no_harm", test=None, harm=h, passed=h.p_less > config.alpha
             )
-            binary_results.append(
-                SentinelResult(
-                    suite=suite, kind="no_harm", test=None, harm=h, passed=h.p_less > config.alpha
-                )
-            )
+        )
     return binary_results + out
 
 
@@ -717,7 +876,7 @@ def _nll_sentinel(suite: str, rows: list[tuple[Any, Any]], config: GateConfig) -
     broken = [
         _key(rb)
         for rb, ra in rows
-        if _finite(record_field(rb, "ref_nll")) and not _finite(record_field(ra, "ref_nll"))
+        if _finite(_field(rb, "ref_nll")) and not _finite(_field(ra, "ref_nll"))
     ]
     if broken:
         return SentinelResult(
@@ -728,9 +887,9 @@ def _nll_sentinel(suite: str, rows: list[tuple[Any, Any]], config: GateConfig) -
             note=f"{len(broken)} items have non-finite ref_nll after the round: {_fmt_keys(broken)}",
         )
     usable = [
-        (float(record_field(rb, "ref_nll")), float(record_field(ra, "ref_nll")))
+        (float(_field(rb, "ref_nll")), float(_field(ra, "ref_nll")))
         for rb, ra in rows
-        if _finite(record_field(rb, "ref_nll")) and _finite(record_field(ra, "ref_nll"))
+        if _finite(_field(rb, "ref_nll")) and _finite(_field(ra, "ref_nll"))
     ]
     if len(usable) < 2:
         return SentinelResult(
@@ -806,10 +965,12 @@ def decide(
         after: The same items scored with the post-round model.
         target_categories: ``(suite, category)`` pairs the round aimed to improve.
         sentinel_suites: Suites that must not regress. Binary records (``correct`` set)
-            are tested with :func:`noninferiority_binary` at ``sentinel_margin`` (pooled
-            over suites plus a per-suite McNemar harm test, or per suite, by
-            ``sentinel_mode``); records of mode ``"nll"`` with :func:`noninferiority_mean`
-            on ``ref_nll`` (lower is better) at ``nll_margin``, per suite.
+            are tested with :func:`noninferiority_binary`, by ``sentinel_mode``: pooled over
+            suites at ``sentinel_margin`` and per suite at ``suite_margin``
+            (``"pooled_and_suite"``), pooled plus a per-suite McNemar harm test
+            (``"pooled"``), or per suite at ``sentinel_margin`` (``"per_suite"``); records of
+            mode ``"nll"`` with :func:`noninferiority_mean` on ``ref_nll`` (lower is better)
+            at ``nll_margin``, per suite.
         config: Levels and margins.
         train_losses: Per-step training losses of the round, if any.
 
@@ -899,6 +1060,9 @@ def _sentinel_reason(s: SentinelResult, config: GateConfig) -> tuple[bool, str]:
     )
     if s.note:
         line += f"; {s.note}"
+    if s.passed and s.kind == "binary" and nt.ci[1] < 0:
+        # the 1 − 2α interval lies below 0: significantly worse, by less than the margin
+        return True, "warning (non-inferior, not gating): significantly worse, " + line
     if s.passed:
         return True, "ok: non-inferior, " + line
     return False, "rejected: non-inferiority not shown, " + line

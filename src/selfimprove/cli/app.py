@@ -420,11 +420,20 @@ def sweep(
         "before",
         *[f"after ({a})" for a in arms_],
         "accepted",
-        "efficiency",
+        "gain t − r (pts)",
+        "ratio",
     ):
         t.add_column(c)
     for r in rows:
-        eff = r.efficiency_ratio
+        e = r.efficiency
+        diff, ratio = "–", "–"
+        if e is not None and e.difference is not None and e.difference_ci is not None:
+            lo, hi = e.difference_ci
+            diff = f"{100 * e.difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        if e is not None and e.ratio is not None:
+            ratio = f"{e.ratio:.2f}" + (
+                f" [{e.ratio_ci[0]:.2f}, {e.ratio_ci[1]:.2f}]" if e.ratio_ci else " [unbounded]"
+            )
         t.add_row(
             str(r.value),
             r.run_id,
@@ -432,9 +441,14 @@ def sweep(
             _fmt_rate(r.target_acc_before),
             *[_fmt_rate(r.target_acc_after.get(a)) for a in arms_],
             str(r.accepted_rounds),
-            "–" if eff is None else f"{eff:.2f}",
+            diff,
+            ratio,
         )
     console.print(t)
+    console.print(
+        "Gains: the last round's candidates against the base on the targets' confirmation "
+        "items (never the items that chose the targets or accepted a model); 95% CIs."
+    )
 
 
 @app.command()

@@ -41,9 +41,18 @@ def _key(r: EvalRecord | dict[str, Any]) -> tuple[str, str]:
 
 
 def evaluate_phase(
-    ctx: LoopContext, name: str, engine: Engine, items: Sequence[Item]
+    ctx: LoopContext,
+    name: str,
+    engine: Engine,
+    items: Sequence[Item],
+    *,
+    reference_nll: bool = True,
 ) -> list[EvalRecord]:
-    """Evaluate ``items`` into ``<name>.jsonl`` in chunks, skipping items already stored."""
+    """Evaluate ``items`` into ``<name>.jsonl`` in chunks, skipping items already stored.
+
+    ``reference_nll=False`` skips the gold answer's NLL of generate-mode items (one more
+    forward pass each), which only the weak-area ranking reads.
+    """
     store, run_id, fname = ctx.store, ctx.run_id, f"{name}.jsonl"
     path = store.run_dir(run_id) / fname
     have = store.read_records(run_id, fname, skip_corrupt=True) if path.is_file() else []
@@ -58,6 +67,7 @@ def evaluate_phase(
         fname,
         ctx.cfg.generation,
         seed=ctx.lcfg.seed,
+        reference_nll=reference_nll,
         progress=ctx.hook.advance,
     )
     return [
@@ -230,15 +240,16 @@ def selection_records(ctx: LoopContext, arm: str) -> list[EvalRecord]:
     return ctx.evals[arm]
 
 
-def candidate_items(ctx: LoopContext, ar: ArmRound) -> list[Item]:
-    """What a candidate is scored on: the confirmation half (gate, reported gains) and, for
-    the targeted arm, its targets' selection items (retirement of stalled targets)."""
+def candidate_items(ctx: LoopContext, ar: ArmRound) -> tuple[list[Item], list[Item]]:
+    """What a candidate is scored on: ``(confirmation half, selection items)``. The
+    confirmation half feeds the gate and the reported gains; the targeted arm's candidates
+    are also scored on their targets' selection items (retirement of stalled targets)."""
     want = set(ar.targets) if ar.arm == "targeted" else set()
-    return [
-        it
-        for it in ctx.items
-        if (it[0], it[2].id) in ctx.split.confirmation or (it[0], it[2].category) in want
-    ]
+    conf = ctx.split.confirm(ctx.items)
+    sel = [it for it in ctx.split.select(ctx.items) if (it[0], it[2].category) in want]
+    if ctx.split.legacy:
+        sel = []
+    return conf, sel
 
 
 def _fmt_funnel(f: dict[str, int]) -> str:
@@ -388,9 +399,12 @@ def evaluate(ctx: LoopContext, ar: ArmRound) -> list[EvalRecord]:
     :func:`candidate_items`)."""
     t = time.time()
     ctx.hook.phase("Post-training evaluation")
-    after = evaluate_phase(
-        ctx, f"eval_{ar.tag}", ctx.engine_for(str(ctx.adapter_dir(ar))), candidate_items(ctx, ar)
-    )
+    engine = ctx.engine_for(str(ctx.adapter_dir(ar)))
+    conf, sel = candidate_items(ctx, ar)
+    # the gate does not read a generate item's gold-answer NLL; ranking (selection) does
+    after = evaluate_phase(ctx, f"eval_{ar.tag}", engine, conf, reference_nll=ctx.split.legacy)
+    if sel:
+        after = evaluate_phase(ctx, f"eval_{ar.tag}", engine, sel)
     ar.seconds["eval"] = ar.seconds.get("eval", 0.0) + round(time.time() - t, 1)
     return after
 

@@ -60,7 +60,7 @@ def run_loop(
     lcfg = cfg.loop
     skills, sentinels, plan = evaluation_plan(lcfg)
     sentinel_names = [s.name for s in sentinels]
-    check_gate_power(plan, sentinel_names, lcfg.gate)
+    check_gate_power(plan, sentinel_names, lcfg.gate, hook)
     hook.phase(f"Loading model {cfg.model.name}")
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
     base = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
@@ -172,25 +172,31 @@ def check_gate_power(
     plan: Sequence[tuple[Any, Any, Sequence[Any]]],
     sentinel_names: Sequence[str],
     gate_cfg: GateConfig,
+    hook: ProgressHook | None = None,
 ) -> dict[str, float]:
     """Count the binary sentinel items of the plan and ask :func:`selfimprove.gate.gate_power`.
 
-    Raises :class:`ConfigError` (naming the fix) for a gate that could not accept a round
-    even if no answer changed; logs and returns the power otherwise.
+    Returns each sentinel test's chance of passing a round that changed nothing. A test with
+    too few items to pass unchanged (:func:`selfimprove.gate.gate_warnings`) does not stop
+    the run — it can still pass when sentinel answers improve — but the user is told how
+    to fix it.
     """
-    from selfimprove.gate import gate_power
+    from selfimprove.gate import gate_power, gate_warnings
 
     n_by_suite: dict[str, int] = defaultdict(int)
     for suite, task, xs in plan:
         if suite.name in sentinel_names and getattr(task, "mode", "generate") != "nll":
             n_by_suite[suite.name] += len(xs)
-    try:
-        power = gate_power(dict(n_by_suite), gate_cfg)
-    except ValueError as e:
-        raise ConfigError(
-            f"{e} Raise loop.sentinel_n, raise loop.gate.sentinel_margin, or use "
-            "loop.gate.sentinel_mode: pooled."
-        ) from None
+    for line in gate_warnings(dict(n_by_suite), gate_cfg):
+        msg = (
+            f"Warning: {line}. Raise loop.sentinel_n or the margin "
+            "(loop.gate.suite_margin / sentinel_margin) if rounds that leave the sentinels "
+            "unchanged should be accepted."
+        )
+        log.warning(msg)
+        if hook is not None:
+            hook.phase(msg)
+    power = gate_power(dict(n_by_suite), gate_cfg)
     if power:
         log.info(
             "gate power (no true change): %s",

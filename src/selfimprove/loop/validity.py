@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,7 +79,11 @@ def _records(
     ]
 
 
-def _acc(recs: Sequence[EvalRecord], keep: set[tuple[str, str]], cats: set[tuple[str, str]]) -> list[float]:
+def _acc(
+    recs: Sequence[EvalRecord],
+    keep: AbstractSet[tuple[str, str]],
+    cats: AbstractSet[tuple[str, str]],
+) -> list[float]:
     return [
         float(bool(r.correct))
         for r in recs
@@ -108,7 +113,6 @@ def simulate_noop_rounds(
         flip: share of a candidate's answers redrawn from their latent probability.
     """
     meta = [(s, x.category, x.id) for s, _t, x in items]
-    keys = [(s, i) for s, _c, i in meta]
     cat_of = [(s, c) for s, c, _i in meta]
     cats = sorted(set(cat_of))
     cat_idx = np.array([cats.index(c) for c in cat_of])
