@@ -367,10 +367,14 @@ def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegis
 def resolve_suites(names: Sequence[str]) -> list[Any]:
     """Built-in suite names or task-file paths -> Suite objects (clear error if unknown).
 
-    ``all``, ``skills`` and ``sentinels`` expand to groups of built-in suites.
+    ``all``, ``skills`` and ``sentinels`` expand to groups of built-in suites. Task files are
+    read and checked here (:func:`selfimprove.tasks.importers.check_suite_data`), before any
+    model loads; two sources giving one suite name, or a file named like a built-in suite,
+    are a :class:`~selfimprove.errors.DataError` (records are keyed by suite name).
     """
     from pathlib import Path
 
+    from selfimprove.errors import DataError
     from selfimprove.tasks.importers import load_suite_file
     from selfimprove.tasks.suites import get_suite, list_suites
 
@@ -381,12 +385,28 @@ def resolve_suites(names: Sequence[str]) -> list[Any]:
     }
     expanded = [x for name in names for x in groups.get(name, [name])]
     out = []
+    builtin = {s.name for s in list_suites()}
+    where: dict[str, str] = {}  # suite name -> what it came from
     for name in dict.fromkeys(expanded):
         p = Path(name).expanduser()
         if p.suffix in {".json", ".jsonl"} or p.exists():
-            out.append(load_suite_file(p))
+            suite = load_suite_file(p)
+            if suite.name in builtin:
+                raise DataError(
+                    f"{p}: its suite name {suite.name!r} is a built-in suite's; items and "
+                    "records are keyed by suite name, so they would collide. Rename the file "
+                    "(the name comes from its stem, or a BIG-bench task's 'name')."
+                )
         else:
-            out.append(get_suite(name))
+            suite = get_suite(name)
+        if suite.name in where:
+            raise DataError(
+                f"{name} and {where[suite.name]} both give a suite named {suite.name!r}; "
+                "items and records are keyed by suite name, so they would collide. Rename "
+                "one of the files."
+            )
+        where[suite.name] = name
+        out.append(suite)
     return out
 
 

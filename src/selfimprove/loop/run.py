@@ -102,6 +102,12 @@ def evaluation_plan(lcfg: LoopConfig) -> tuple[list[Any], list[Any], list[Any]]:
     suite, ``sentinel_n`` per sentinel suite, seeded by ``loop.seed``).
     """
     skills, sentinels = resolve_suites(lcfg.skill_suites), resolve_suites(lcfg.sentinel_suites)
+    both = sorted({s.name for s in skills} & {s.name for s in sentinels})
+    if both:
+        raise ConfigError(
+            f"Suite(s) {', '.join(both)} are both skill and sentinel suites; a suite is either "
+            "trained toward (loop.skill_suites) or guarded (loop.sentinel_suites), not both."
+        )
     plan = plan_items(skills, lcfg.eval_n, lcfg.seed) + plan_items(
         sentinels, lcfg.sentinel_n, lcfg.seed
     )

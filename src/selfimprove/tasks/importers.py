@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from selfimprove.errors import DataError, TaskError
+from selfimprove.errors import DataError, SelfImproveError, TaskError
 from selfimprove.tasks.base import ANSWER_INSTRUCTION, ChatMessage, Sample, Task
 from selfimprove.tasks.suites import Suite
 from selfimprove.tasks.validators import (
@@ -36,7 +36,13 @@ from selfimprove.tasks.validators import (
     validator_from_name,
 )
 
-__all__ = ["load_bigbench_task", "load_jsonl_suite", "load_openai_evals", "load_suite_file"]
+__all__ = [
+    "check_suite_data",
+    "load_bigbench_task",
+    "load_jsonl_suite",
+    "load_openai_evals",
+    "load_suite_file",
+]
 
 IMPORTED_LICENSE = "unknown (imported)"
 _ROLES = ("system", "user", "assistant")
@@ -415,6 +421,53 @@ def load_jsonl_suite(path: str | Path, name: str | None = None) -> Suite:
     return Suite(name, tasks, f"samples from {path}")
 
 
+def check_suite_data(suite: Suite, path: str | Path) -> Suite:
+    """Every dataset sample of an imported ``suite`` must be scorable, and its gold answer
+    must pass its own validator — checked when the file is read, not after a model loaded.
+
+    Catches, naming the file and sample: ``choices`` mode without choices (or a target that
+    is not one of them), a validator that cannot score the sample (a ``format`` validator
+    whose ``format_params`` lack ``n``), and a gold answer its validator rejects (a non-numeric
+    target for the ``numeric`` validator): such an item could never be solved.
+
+    Raises:
+        DataError: naming the file, the sample and the fix.
+    """
+    for task in suite.tasks:
+        for sample in task.dataset or ():
+            where = f"{path}: sample {sample.id!r} (category {sample.category!r})"
+            if task.mode == "choices":
+                if not sample.choices:
+                    raise DataError(
+                        f"{where}: mode 'choices' needs a non-empty 'choices' list; add the "
+                        "options, or drop metadata.mode to score a generated answer"
+                    )
+                if sample.target not in sample.choices:
+                    raise DataError(
+                        f"{where}: target {sample.target!r} is not one of its choices "
+                        f"{sample.choices!r}; make the target one of them"
+                    )
+                continue
+            if task.mode != "generate":
+                continue
+            try:
+                score = task.score(task.reference(sample), sample)
+            except (KeyError, ValueError, TypeError, SelfImproveError) as err:
+                detail = f"missing metadata key {err}" if isinstance(err, KeyError) else str(err)
+                raise DataError(
+                    f"{where}: its validator cannot score it ({detail}); give the metadata "
+                    'the validator needs (e.g. format_params {"n": 3} for an n_words format check)'
+                ) from None
+            if not score.correct:
+                raise DataError(
+                    f"{where}: the gold answer {sample.target!r} fails its own validator "
+                    f"({sample.metadata.get('validator', 'default')}), so no reply could be "
+                    "scored correct; fix the target (e.g. a number for 'numeric') or the "
+                    "validator"
+                )
+    return suite
+
+
 def load_suite_file(path: str | Path, *, name: str | None = None) -> Suite:
     """Load a suite from a file, choosing the reader from its name and content.
 
@@ -427,7 +480,7 @@ def load_suite_file(path: str | Path, *, name: str | None = None) -> Suite:
     """
     path = Path(path)
     if path.is_dir() or path.suffix == ".json":
-        return load_bigbench_task(path)
+        return check_suite_data(load_bigbench_task(path), path)
     if path.suffix == ".jsonl":
         text = _read_text(path, "suite file")
         first = next(_jsonl_rows(path, text, "{...}"), None)
@@ -435,9 +488,9 @@ def load_suite_file(path: str | Path, *, name: str | None = None) -> Suite:
             raise DataError(f"{path}: no samples (the file is empty); add one JSON object per line")
         row = first[1]
         if isinstance(row, dict) and "ideal" in row:
-            return load_openai_evals(path, name=name)
+            return check_suite_data(load_openai_evals(path, name=name), path)
         if isinstance(row, dict) and "id" in row and "target" in row:
-            return load_jsonl_suite(path, name=name)
+            return check_suite_data(load_jsonl_suite(path, name=name), path)
         raise DataError(
             f"{path}, line {first[0]}: cannot tell the format; OpenAI-evals rows have 'input' "
             "and 'ideal', selfimprove rows have 'id', 'input' and 'target'"
