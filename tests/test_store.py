@@ -337,6 +337,91 @@ def test_mark_stale_running_marks_dead_writer_only(tmp_path: Path) -> None:
     assert store.finish_run(dead_id, "completed").status == "completed"
 
 
+_HOLDER = """
+import signal, sys, time
+from selfimprove.store import RunStore
+store = RunStore(sys.argv[1])
+mode = sys.argv[2]
+try:
+    if mode == "track":
+        cm = store.track("evaluate", config={}, seed=0, model="m", provenance={})
+    else:
+        cm = store.resume(sys.argv[3])
+    with cm as run:
+        print("GOT", run.id, flush=True)
+        time.sleep(float(sys.argv[-1]))
+except Exception as e:
+    print("REFUSED", type(e).__name__, e, flush=True)
+"""
+
+
+def _child_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def test_two_processes_resuming_one_run_cannot_both_own_it(tmp_path: Path) -> None:
+    """Issue 19 item 3: the old resume checked the status, then updated it (no compare-and-set,
+    no lock), so two `--resume ID` both got in and wrote the same files."""
+    store = RunStore(tmp_path)
+    run = new_run(store)
+    store.finish_run(run.id, "interrupted")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(tmp_path), "resume", run.id, "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_child_env(),
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    got = [o for o in outs if o.startswith("GOT")]
+    refused = [o for o in outs if o.startswith("REFUSED StoreError")]
+    assert len(got) == 1 and len(refused) == 1, outs
+    # whichever check it met first: the status (already running), the lock or the CAS
+    assert any(m in refused[0] for m in ("is running", "another process")), refused
+    assert store.get_run(run.id).status == "completed"
+
+
+def test_liveness_follows_the_writer_lock_not_the_pid_or_host(tmp_path: Path) -> None:
+    """A writer in another container has another host name and pid namespace: the old pid +
+    host check could not judge it (left "running" forever once dead) and misjudges a live one
+    whose pid means something else here. The run folder's flock says the truth either way."""
+    store = RunStore(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path), "track", "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.startswith("GOT"), line
+    run_id = line.split()[1]
+    with sqlite3.connect(store.registry_path) as conn:  # as if written from a container
+        conn.execute(
+            "UPDATE runs SET writer_host = 'container-7f3a', writer_pid = 999999999 WHERE id = ?",
+            (run_id,),
+        )
+    conn.close()
+    try:
+        assert store.mark_stale_running() == []  # the lock is held: alive, whatever the pid
+        assert store.get_run(run_id).status == "running"
+        with pytest.raises(StoreError, match="only an interrupted or failed run"):
+            store.resumable(run_id)
+    finally:
+        child.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
+        child.wait(timeout=30)
+    assert store.mark_stale_running() == [run_id]  # another host name, judged all the same
+    info = store.get_run(run_id)
+    assert info.status == "interrupted" and "released .writer.lock" in (info.error or "")
+    with store.resume(run_id) as again:  # and it can be resumed now
+        assert again.status == "running"
+
+
 # ---- artifacts -------------------------------------------------------------------------------
 
 

@@ -350,6 +350,24 @@ def collect_provenance(extra: Mapping[str, Any] | None = None) -> dict[str, Any]
     return provenance
 
 
+WRITER_LOCK = ".writer.lock"
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    """An exclusive ``flock`` on ``path`` without waiting: the open file, or None if another
+    open file (any process, any pid namespace on this disk) holds it. The kernel releases
+    it when the holder exits, however it exits (SIGKILL included)."""
+    import fcntl
+
+    fh = open(path, "ab")  # noqa: SIM115  # held open as the lock
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
     if pid <= 0:
@@ -709,8 +727,13 @@ class RunStore:
             provenance=provenance,
             parent_id=parent_id,
         )
-        with self._finishing(run):
-            yield run
+        lock = _try_lock(self.run_dir(run.id) / WRITER_LOCK)  # a new run: nobody else has it
+        try:
+            with self._finishing(run):
+                yield run
+        finally:
+            if lock is not None:
+                lock.close()
 
     def resumable(self, run_id: str, *, kind: str | None = None) -> RunInfo:
         """The run :meth:`resume` would re-open, checked now (before any expensive setup).
@@ -743,18 +766,36 @@ class RunStore:
         The run becomes ``running`` again under this process; how the block ends is
         recorded as in :meth:`track`. The checks are :meth:`resumable`'s: resuming a run of
         another ``kind``, a ``completed`` run, or one still running in a live process raises
-        StoreError.
+        StoreError. Two processes resuming one run at once cannot both get it: the writer
+        holds the run folder's ``.writer.lock`` for the whole block, and the status moves to
+        ``running`` only from ``interrupted`` / ``failed`` (compare-and-set); the loser gets
+        a StoreError.
         """
         run = self.resumable(run_id, kind=kind)
-        with self._connect() as conn:
-            conn.execute(
-                "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
-                "writer_pid = ?, writer_host = ? WHERE id = ?",
-                (os.getpid(), socket.gethostname(), run.id),
+        lock = _try_lock(self.run_dir(run.id) / WRITER_LOCK)
+        if lock is None:
+            raise StoreError(
+                f"run {run.id} is being written by another process (it holds "
+                f"{self.run_dir(run.id) / WRITER_LOCK}); wait for it to finish or stop it"
             )
-        logger.info("resumed run %s", run.id)
-        with self._finishing(run):
-            yield self.get_run(run.id)
+        try:
+            with self._connect() as conn:
+                cur = conn.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
+                    "writer_pid = ?, writer_host = ? WHERE id = ? "
+                    "AND status IN ('interrupted', 'failed')",
+                    (os.getpid(), socket.gethostname(), run.id),
+                )
+            if cur.rowcount != 1:
+                raise StoreError(
+                    f"run {run.id} was resumed by another process first; "
+                    "`selfimprove runs show` says where it stands"
+                )
+            logger.info("resumed run %s", run.id)
+            with self._finishing(run):
+                yield self.get_run(run.id)
+        finally:
+            lock.close()
 
     @contextmanager
     def _finishing(self, run: RunInfo) -> Iterator[None]:
@@ -780,8 +821,13 @@ class RunStore:
     def mark_stale_running(self) -> list[str]:
         """Mark ``running`` runs whose writer process no longer exists as ``interrupted``.
 
-        Only runs written from this host can be checked (by pid); runs from other hosts are
-        left alone. A recycled pid makes a dead writer look alive, never the other way round.
+        A writer of :meth:`track` / :meth:`resume` holds its run folder's ``.writer.lock``
+        (an ``flock``) while it runs; the kernel drops it when the process dies, however it
+        dies. So a run whose lock can be taken has no writer — from any host name or pid
+        namespace sharing this disk (containers) — and a run whose lock is held is alive,
+        whatever its recorded pid says. Runs without a lock file (older runs, or made by
+        :meth:`create_run` alone) fall back to the pid: only those from this host can be
+        checked, and a recycled pid makes a dead writer look alive, never the reverse.
 
         Returns:
             The ids of the runs marked.
@@ -791,22 +837,31 @@ class RunStore:
         host = socket.gethostname()
         with self._connect() as conn:
             rows = conn.execute(
-                "SELECT id, writer_pid FROM runs WHERE status = 'running' AND writer_host = ?",
-                (host,),
+                "SELECT id, writer_pid, writer_host FROM runs WHERE status = 'running'"
             ).fetchall()
-            stale = [(rid, pid) for rid, pid in rows if pid is not None and not _pid_alive(pid)]
             now = _iso(_utc_now())
             marked = []
-            for run_id, pid in stale:
-                cur = conn.execute(
-                    "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
-                    "WHERE id = ? AND status = 'running'",
-                    (
-                        now,
-                        f"writer process {pid} on {host} exited without finishing the run",
-                        run_id,
-                    ),
-                )
+            for run_id, pid, whost in rows:
+                lock_path = self.runs_dir / run_id / WRITER_LOCK
+                held = None
+                if lock_path.is_file():
+                    held = _try_lock(lock_path)
+                    if held is None:
+                        continue  # the writer is alive
+                    why = f"its writer (pid {pid} on {whost}) released {WRITER_LOCK}: it exited"
+                elif whost == host and pid is not None and not _pid_alive(pid):
+                    why = f"writer process {pid} on {host} exited without finishing the run"
+                else:
+                    continue
+                try:
+                    cur = conn.execute(
+                        "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
+                        "WHERE id = ? AND status = 'running'",
+                        (now, why, run_id),
+                    )
+                finally:
+                    if held is not None:
+                        held.close()
                 if cur.rowcount:
                     marked.append(run_id)
         for run_id in marked:
