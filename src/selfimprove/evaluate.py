@@ -364,6 +364,67 @@ def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegis
     )
 
 
+def check_unchanged_items(
+    stored: Iterable[EvalRecord | Mapping[str, Any]], items: Sequence[Item], where: str
+) -> None:
+    """A resumed run's finished records must be of the items it plans now, unchanged.
+
+    Records are matched to planned items by ``(suite, sample_id)``; a record whose
+    ``input_hash`` differs from the planned item's means the task data or its generator
+    changed since the run started, and mixing the two would compare different questions.
+
+    Raises:
+        DataError: naming the changed items and the fix (start a new run).
+    """
+    from selfimprove.errors import DataError
+
+    planned = {(su, x.id): x.input_hash() for su, _t, x in items}
+    changed = []
+    for r in stored:
+        k = (str(record_field(r, "suite")), str(record_field(r, "sample_id")))
+        h = record_field(r, "input_hash")
+        if k in planned and h is not None and h != planned[k]:
+            changed.append(f"{k[0]}/{k[1]}")
+    if changed:
+        shown = ", ".join(changed[:5]) + (
+            f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
+        )
+        raise DataError(
+            f"{where}: {len(changed)} finished item(s) no longer match the run's items "
+            f"({shown}: different input than when the run started). The task data or its "
+            "generator changed; start a new run instead of resuming this one."
+        )
+
+
+def check_resumed_model(prev: Any, weights_hash: str | None, hook: ProgressHook) -> None:
+    """Resuming with other weights than the run started with is refused; other code is
+    reported (it may be a bug fix, but results can differ from the finished part).
+
+    Raises:
+        ConfigError: the model's weight hash differs from the run's ``provenance.model_hash``.
+    """
+    from selfimprove.errors import ConfigError
+    from selfimprove.store import collect_provenance
+
+    was = prev.provenance.get("model_hash")
+    if was and weights_hash and was != weights_hash:
+        raise ConfigError(
+            f"run {prev.id} started with model weights {was}, but {prev.model} now has "
+            f"{weights_hash}; its finished records are of another model. Resume with the "
+            "same model files, or start a new run."
+        )
+    now = collect_provenance()
+    then_v = (prev.provenance.get("packages") or {}).get("selfimprove")
+    now_v = (now.get("packages") or {}).get("selfimprove")
+    then_g = (prev.provenance.get("git") or {}).get("revision")
+    now_g = (now.get("git") or {}).get("revision")
+    if (then_v, then_g) != (now_v, now_g):
+        hook.phase(
+            f"Warning: run {prev.id} was started by selfimprove {then_v} (git {then_g}); this "
+            f"is {now_v} (git {now_g}). Finished phases are kept as they are."
+        )
+
+
 def resolve_suites(names: Sequence[str]) -> list[Any]:
     """Built-in suite names or task-file paths -> Suite objects (clear error if unknown).
 
@@ -462,7 +523,9 @@ def run_evaluation(
         cfg = Config.model_validate(prev.config)
         suites = resolve_suites(cfg.eval.suites)
         plan = plan_items(suites, cfg.eval.n, cfg.eval.seed)
-        done = {(r["suite"], r["sample_id"]) for r in _read_existing(store, prev.id)}
+        stored = _read_existing(store, prev.id)
+        check_unchanged_items(stored, [(su.name, t, x) for su, t, xs in plan for x in xs], prev.id)
+        done = {(r["suite"], r["sample_id"]) for r in stored}
 
     hook.phase(f"Loading model {cfg.model.name}")
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
@@ -470,6 +533,8 @@ def run_evaluation(
         cfg.model.name, adapter=cfg.model.adapter, trust_remote_code=cfg.model.trust_remote_code
     )
     engine = Engine(loaded, runtime=runtime, system_prompt=cfg.model.system_prompt)
+    if resume is not None:
+        check_resumed_model(prev, loaded.weights_hash, hook)
 
     register_eval_items(store, plan)
 

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from selfimprove.errors import SelfImproveError
+from selfimprove.errors import ConfigError, SelfImproveError
 from selfimprove.evaluate import ProgressHook
 from selfimprove.store import DEFAULT_ROOT
 
@@ -243,6 +243,12 @@ def eval_cmd(
         "runtime": {"threads": threads, "dtype": dtype},
         "store": {"root": store},
     }
+    if resume is not None:
+        _refuse_on_resume(
+            {"--model": model, "--adapter": adapter, "--suites": suites, "--n": n,
+             "--seed": seed, "--batch-size": batch_size, "--max-new-tokens": max_new_tokens,
+             "--dtype": dtype}
+        )  # fmt: skip
     cfg = load_config(config, overrides)
     hook = RichHook()
     try:
@@ -257,6 +263,18 @@ def eval_cmd(
         f"Run [bold]{result.run_id}[/] saved to {result.run_dir}  "
         f"({result.seconds:.0f}s, {result.runtime['dtype']}, {result.runtime['threads']} threads)"
     )
+
+
+def _refuse_on_resume(flags: dict[str, object]) -> None:
+    """``--resume`` continues a run with its stored config: a flag that would change the
+    experiment cannot apply, so it is an error rather than silently ignored."""
+    given = [k for k, v in flags.items() if v is not None]
+    if given:
+        raise ConfigError(
+            f"--resume continues the run with the config it started with, so {', '.join(given)} "
+            "would be ignored. Drop them to resume, or start a new run with them "
+            "(only --store, --threads and --verbose apply to a resumed run)."
+        )
 
 
 @app.command("run")
@@ -311,6 +329,12 @@ def run_cmd(
         "runtime": {"threads": threads, "dtype": dtype},
         "store": {"root": store},
     }
+    if resume is not None:
+        _refuse_on_resume(
+            {"--model": model, "--rounds": rounds, "--budget": budget, "--arms": arms,
+             "--eval-n": eval_n, "--sentinel-n": sentinel_n, "--weight-policy": weight_policy,
+             "--seed": seed, "--dtype": dtype}
+        )  # fmt: skip
     cfg = load_config(config, overrides)
     hook = RichHook()
     try:
@@ -389,7 +413,6 @@ def sweep(
     """Run the loop once per value of one knob and tabulate the outcomes (experiment variations)."""
     _verbosity(verbose)
     from selfimprove.config import load_config
-    from selfimprove.errors import ConfigError
     from selfimprove.loop import run_sweep
 
     cfg = load_config(

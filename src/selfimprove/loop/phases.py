@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.engine import Engine
-from selfimprove.evaluate import EvalRecord, Item, aggregate, evaluate_to_store
+from selfimprove.evaluate import (
+    EvalRecord,
+    Item,
+    aggregate,
+    check_unchanged_items,
+    evaluate_to_store,
+)
 from selfimprove.loop.context import LoopContext, step_progress
 from selfimprove.loop.records import ArmRound, BehaviorDiff, FlaggedRegion, TrainRound
 from selfimprove.loop.split import load_or_make_split
@@ -56,6 +62,7 @@ def evaluate_phase(
     store, run_id, fname = ctx.store, ctx.run_id, f"{name}.jsonl"
     path = store.run_dir(run_id) / fname
     have = store.read_records(run_id, fname, skip_corrupt=True) if path.is_file() else []
+    check_unchanged_items(have, ctx.items, f"run {run_id}, {fname}")
     done = {_key(r) for r in have}
     todo = [it for it in items if (it[0], it[2].id) not in done]
     ctx.hook.start(len(todo), name)

@@ -15,6 +15,7 @@ from selfimprove.errors import ConfigError
 from selfimprove.evaluate import (
     EvalRecord,
     ProgressHook,
+    check_resumed_model,
     plan_items,
     register_eval_items,
     resolve_suites,
@@ -55,8 +56,10 @@ def run_loop(
     store = RunStore(cfg.store.root)
     store.mark_stale_running()
     prev = store.resumable(resume, kind="run") if resume is not None else None
-    if prev is not None:
-        cfg = type(cfg).model_validate(prev.config)
+    if prev is not None:  # the run's own config; only the thread count may change
+        stored = type(cfg).model_validate(prev.config)
+        threads = {"threads": cfg.runtime.threads}
+        cfg = stored.model_copy(update={"runtime": stored.runtime.model_copy(update=threads)})
     lcfg = cfg.loop
     skills, sentinels, plan = evaluation_plan(lcfg)
     sentinel_names = [s.name for s in sentinels]
@@ -64,6 +67,8 @@ def run_loop(
     hook.phase(f"Loading model {cfg.model.name}")
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
     base = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    if prev is not None:
+        check_resumed_model(prev, base.weights_hash, hook)
     registry = register_eval_items(store, plan)
     with _open_run(store, cfg, prev, runtime, base) as info:
         ctx = LoopContext(
