@@ -172,8 +172,12 @@ def test_real_loop_one_round_both_arms(tmp_path):
 
     # learnability bookkeeping on the real model: stalled = targets whose solved count did
     # not rise, recomputed here from the stored records; the summary lists them as retired
+    # (retirement reads the selection half only: loop/split.py)
+    sel = {tuple(k) for k in json.loads((run_dir / "split.json").read_text())["selection"]}
+
     def solved(name: str) -> dict[str, int]:
         rows = [json.loads(x) for x in (run_dir / name).read_text().splitlines() if x.strip()]
+        rows = [x for x in rows if (x["suite"], x["sample_id"]) in sel]
         return {
             f"{s}/{c}": sum(
                 bool(x["correct"]) for x in rows if (x["suite"], x["category"]) == (s, c)
