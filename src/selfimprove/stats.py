@@ -310,6 +310,15 @@ def _finite_1d(xs: Sequence[float], name: str) -> np.ndarray:
     return arr
 
 
+def _mean_covariances(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """``(V_xx, V_yy, V_xy)``: (co)variances of the two means (ddof 1, divided by n)."""
+    n = len(x)
+    # Centre exactly: a constant column has variance exactly 0 (no rounding residue).
+    dx = x - x.mean() if np.ptp(x) > 0 else np.zeros(n)
+    dy = y - y.mean() if np.ptp(y) > 0 else np.zeros(n)
+    return tuple(float(u @ v) / (n - 1) / n for u, v in ((dx, dx), (dy, dy), (dx, dy)))  # type: ignore[return-value]
+
+
 def ratio_confidence_set(
     numerator: Sequence[float],
     denominator: Sequence[float],
@@ -375,13 +384,9 @@ def ratio_confidence_set(
     xm = float(x.mean()) if n else None
     ym = float(y.mean()) if n else None
     estimate = xm / ym if xm is not None and ym else None
-    common: dict[str, Any] = {
-        "estimate": estimate,
-        "n": n,
-        "numerator_mean": xm,
-        "denominator_mean": ym,
-        "confidence": confidence,
-    }
+    common: dict[str, Any] = dict(
+        estimate=estimate, n=n, numerator_mean=xm, denominator_mean=ym, confidence=confidence
+    )
     if n < 2:
         return RatioConfidenceSet(
             kind="whole_line",
@@ -395,12 +400,7 @@ def ratio_confidence_set(
     assert xm is not None and ym is not None
     c = float(sps.t.ppf(0.5 + confidence / 2, n - 1))
     c2 = c * c
-    # Centre exactly: a constant column has variance exactly 0 (no rounding residue).
-    dx = x - xm if np.ptp(x) > 0 else np.zeros(n)
-    dy = y - ym if np.ptp(y) > 0 else np.zeros(n)
-    vxx = float(dx @ dx) / (n - 1) / n
-    vyy = float(dy @ dy) / (n - 1) / n
-    vxy = float(dx @ dy) / (n - 1) / n
+    vxx, vyy, vxy = _mean_covariances(x, y)
     half = c * math.sqrt(vyy)
     common.update(denominator_ci=(ym - half, ym + half), critical_value=c)
 
