@@ -71,3 +71,32 @@ def full_run(tmp_path_factory):
     over = copy.deepcopy(_SMALL_LOOP)
     over["store"] = {"root": str(store)}
     return store, run_loop(load_config(None, over))
+
+
+def run_cli(*args: str, cwd, env: dict | None = None, timeout: int = 300):
+    """``selfimprove ARGS`` in a subprocess through the real ``main()`` (CliRunner skips it,
+    and with it the error handling a user sees)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", "from selfimprove.cli import main; main()", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def assert_clean_error(res, *needles: str, code: int | None = None) -> str:
+    """A user error: non-zero exit (``code`` if given), no traceback, every needle in the
+    output (whitespace-normalised, so rich's line wrapping does not matter)."""
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 if code is None else res.returncode == code, out
+    assert "Traceback" not in out, out
+    flat = " ".join(out.split())
+    for n in needles:
+        assert n in flat, out
+    return flat

@@ -177,6 +177,35 @@ def _check_fits(config: Any, bytes_per_param: int = 4) -> None:
         )
 
 
+PICKLE_ENV = "SELFIMPROVE_ALLOW_PICKLE"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickle_allowed(allow_pickle: bool | None = None) -> bool:
+    """Whether pickle weight files may be loaded: ``allow_pickle`` when given, else the
+    ``SELFIMPROVE_ALLOW_PICKLE`` environment variable (set by ``selfimprove --allow-pickle``)."""
+    if allow_pickle is not None:
+        return allow_pickle
+    return os.environ.get(PICKLE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _refuse_pickle(what: str, files: list[Path]) -> None:
+    names = ", ".join(p.name for p in files[:3])
+    raise ModelLoadError(
+        f"{what} has only pickle weight files ({names}) and no *.safetensors. Loading a pickle "
+        "file can run arbitrary code, so selfimprove refuses it by default.\n"
+        "Fix: convert the weights to safetensors (load the model once where you trust it and "
+        "save_pretrained(..., safe_serialization=True)), or, only for files you trust, rerun "
+        f"with `selfimprove --allow-pickle ...` (or {PICKLE_ENV}=1)."
+    )
+
+
+def _pickle_files(folder: Path, stem: str = "") -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.name.startswith(stem)
+    )
+
+
 def _prepare_tokenizer(tok: Any) -> Any:
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -191,6 +220,7 @@ def load_model(
     trust_remote_code: bool = False,
     n_layers: int = 2,
     seed: int = 0,
+    allow_pickle: bool | None = None,
 ) -> LoadedModel:
     """Load a causal LM for evaluation.
 
@@ -200,6 +230,9 @@ def load_model(
         adapter: optional PEFT adapter folder applied on top (for comparisons / evaluation).
         trust_remote_code: passed to transformers; off unless the user turns it on.
         n_layers, seed: geometry and init seed of tiny random models.
+        allow_pickle: load ``*.bin`` (pickle) weights when a folder has no safetensors;
+            ``None`` = :func:`pickle_allowed` (off unless ``SELFIMPROVE_ALLOW_PICKLE=1``).
+            Off, such a folder is refused and hub models load safetensors only.
 
     Raises:
         ModelLoadError: with what failed and how to fix it.
@@ -246,12 +279,26 @@ def load_model(
                 "Fix: pass a local model folder, a reachable hub id, or 'embedded'."
             ) from e
         _check_fits(config)
+        has_safetensors = folder is None or any(folder.glob("*.safetensors"))
+        if folder is not None and not has_safetensors:
+            pickles = _pickle_files(folder)
+            if not pickles:
+                raise ModelLoadError(
+                    f"{folder} has no weight files (no *.safetensors).\n"
+                    "Fix: pass a folder saved with save_pretrained(), with its weights."
+                )
+            if not pickle_allowed(allow_pickle):
+                _refuse_pickle(str(folder), pickles)
+        # a folder: whichever it has; a hub id: safetensors only unless pickle is allowed
+        use_safetensors: bool | None = has_safetensors
+        if folder is None and pickle_allowed(allow_pickle):
+            use_safetensors = None
         try:
             tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
                 where,
                 dtype=torch.float32,
-                use_safetensors=folder is None or any(folder.glob("*.safetensors")),
+                use_safetensors=use_safetensors,
                 trust_remote_code=trust_remote_code,
             )
         except MemoryError as e:
@@ -267,12 +314,18 @@ def load_model(
         loaded = LoadedModel(model, _prepare_tokenizer(tok), name, source, whash)
 
     if adapter is not None:
-        loaded = attach_adapter(loaded, adapter)
+        loaded = attach_adapter(loaded, adapter, allow_pickle=allow_pickle)
     loaded.model.eval()
     return loaded
 
 
-def attach_adapter(loaded: LoadedModel, adapter: str | Path, *, merge: bool = False) -> LoadedModel:
+def attach_adapter(
+    loaded: LoadedModel,
+    adapter: str | Path,
+    *,
+    merge: bool = False,
+    allow_pickle: bool | None = None,
+) -> LoadedModel:
     """Wrap ``loaded.model`` with a PEFT adapter read from ``adapter`` (safetensors).
 
     ``merge=True`` folds the LoRA product into the weights (``merge_and_unload``) and returns
@@ -280,7 +333,8 @@ def attach_adapter(loaded: LoadedModel, adapter: str | Path, *, merge: bool = Fa
     in every adapted layer. On the 2-core CPU, decoding is bound by per-operation overhead and
     the unmerged 8-rank all-linear adapter made the loop's evaluation ~1.7x slower than the
     base model's. Either way ``loaded.model`` is modified in place (PEFT injects layers):
-    pass a copy to keep it.
+    pass a copy to keep it. An adapter with only ``adapter_model.bin`` (pickle) is refused
+    unless ``allow_pickle`` (see :func:`load_model`).
     """
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
@@ -288,6 +342,15 @@ def attach_adapter(loaded: LoadedModel, adapter: str | Path, *, merge: bool = Fa
             f"{path} is not a PEFT adapter folder (no adapter_config.json).\n"
             "Fix: pass the folder written by save_pretrained() of a PEFT model."
         )
+    if not (path / "adapter_model.safetensors").is_file():
+        pickles = _pickle_files(path, "adapter_model")
+        if not pickles:
+            raise ModelLoadError(
+                f"{path} has no adapter weights (adapter_model.safetensors is missing).\n"
+                "Fix: pass the folder written by save_pretrained() of a PEFT model."
+            )
+        if not pickle_allowed(allow_pickle):
+            _refuse_pickle(f"Adapter {path}", pickles)
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(loaded.model, str(path), is_trainable=False)

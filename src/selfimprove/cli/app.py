@@ -47,6 +47,28 @@ app.add_typer(suites_app, name="suites")
 console = Console()
 err_console = Console(stderr=True)
 
+
+@app.callback()
+def _root(
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Also load pickle weight files (*.bin) of models and adapters that have no "
+            "safetensors. Loading pickle can run arbitrary code: only for files you trust. "
+            "Same as SELFIMPROVE_ALLOW_PICKLE=1.",
+        ),
+    ] = False,
+) -> None:
+    """Measured, closed-loop self-improvement of language models."""
+    if allow_pickle:
+        import os
+
+        from selfimprove.models import PICKLE_ENV
+
+        os.environ[PICKLE_ENV] = "1"
+
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
