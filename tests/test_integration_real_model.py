@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -20,28 +25,40 @@ def real_fp32():
     return Engine(models.load_model("embedded"), runtime=resolve_runtime(None, "fp32"))
 
 
-def test_conversion_is_atomic_and_exact(tmp_path, monkeypatch):
-    """A conversion killed mid-save leaves no valid-looking cache; a full one reproduces the
-    GGUF-dequantised model's logits exactly."""
+def _convert_in_subprocess(cache, fault: str = "") -> subprocess.Popen:
+    env = {**os.environ, "SELFIMPROVE_CACHE": str(cache), "SELFIMPROVE_FAULT": fault}
+    code = "from selfimprove.models import convert_embedded; print(convert_embedded())"
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_conversion_survives_sigkill_and_a_concurrent_first_load(tmp_path, monkeypatch):
+    """A conversion SIGKILLed after writing its files leaves no valid-looking cache (only a
+    temp folder); two first-time conversions at once then both succeed and remove it; the
+    result reproduces the GGUF-dequantised model's logits exactly, and a damaged cache is
+    detected by its COMPLETE marker."""
+    killed = _convert_in_subprocess(tmp_path, "kill:convert:saved")
+    out, err = killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, out + err
     monkeypatch.setenv("SELFIMPROVE_CACHE", str(tmp_path))
-    from transformers import PreTrainedModel
-
-    real_save = PreTrainedModel.save_pretrained
-
-    def killed_save(self, path, *a, **k):
-        real_save(self, path, *a, **k)  # weights written, then the process "dies"
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(PreTrainedModel, "save_pretrained", killed_save)
-    with pytest.raises(KeyboardInterrupt):
-        models.convert_embedded()
     target = models.embedded_cache_dir()
+    (leftover,) = target.parent.glob(".convert-*")  # what SIGKILL leaves: no cleanup ran
+    assert (leftover / "model.safetensors").is_file() and not (leftover / "COMPLETE").exists()
     assert not target.exists()
-    assert not any(tmp_path.rglob("COMPLETE"))
-    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
 
-    folder = models.convert_embedded()
-    assert (folder / "COMPLETE").is_file()
+    both = [_convert_in_subprocess(tmp_path) for _ in range(2)]
+    for proc in both:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out + err
+        assert out.strip() == str(target)
+    assert not list(target.parent.glob(".convert-*"))  # the killed one's folder is gone
+    assert models.cache_problem(target) is None
+
     loaded = models.load_model("embedded")
     from transformers import AutoModelForCausalLM
 
@@ -57,6 +74,19 @@ def test_conversion_is_atomic_and_exact(tmp_path, monkeypatch):
     assert (
         loaded.model.config.num_hidden_layers == 30 and loaded.model.config.num_key_value_heads == 3
     )
+    # the weight hash covers every byte: one flipped byte in the middle changes it
+    weights = target / "model.safetensors"
+    h0 = models.folder_weights_hash(target)
+    with open(weights, "r+b") as fh:
+        fh.seek(weights.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 1]))
+    assert models.folder_weights_hash(target) != h0
+    assert "does not match its SHA-256" in models.cache_problem(target)
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size - 10)
+    assert "wrong size" in models.cache_problem(target)
 
 
 def test_real_batched_greedy_equals_per_item(real_fp32):

@@ -14,6 +14,7 @@ import pytest
 
 from selfimprove.errors import ConfigError
 from selfimprove.evaluate import ProgressHook, check_resumed_model
+from selfimprove.models import LoadedModel
 
 
 def _cli(args, cwd):
@@ -69,10 +70,18 @@ def test_resuming_with_other_weights_is_refused_and_other_code_reported():
         model="embedded",
         provenance={"model_hash": "aaaa", "packages": {"selfimprove": "0.0.1"}, "git": {}},
     )
+
+    def model(h, legacy=()):
+        return LoadedModel(None, None, "embedded", "gguf:x", h, legacy)
+
     with pytest.raises(ConfigError, match="started with model weights aaaa"):
-        check_resumed_model(prev, "bbbb", ProgressHook())
+        check_resumed_model(prev, model("bbbb"), ProgressHook())
+    with pytest.raises(ConfigError, match="started with model weights aaaa"):
+        check_resumed_model(prev, model("bbbb", ("cccc",)), ProgressHook())
     said = []
     hook = ProgressHook()
     hook.phase = said.append  # type: ignore[method-assign]
-    check_resumed_model(prev, "aaaa", hook)
+    check_resumed_model(prev, model("aaaa"), hook)
     assert said and "was started by selfimprove 0.0.1" in said[0]
+    # a run recorded under the older fingerprint of the same files resumes
+    check_resumed_model(prev, model("dddd", ("aaaa",)), hook)

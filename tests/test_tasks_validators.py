@@ -385,3 +385,43 @@ def test_format_suite_targets_validate() -> None:
     for task, sample in get_suite("sentinel_format").samples(20, seed=0):
         assert task.score(sample.target, sample).format_ok, (sample.id, sample.target)
         assert not task.score(f"Sure! {sample.target}\nAnswer: done", sample).format_ok
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "= 1" + " \t" * 20000 + "x",  # took 27 s at 10k characters (backtracking \s* runs)
+        "Answer: 1" + " " * 40000 + "x",
+        "Answer:" + " " * 40000,
+        "answer: " + "1 = " * 10000,
+        "=" * 40000,
+    ],
+    ids=["equals-whitespace", "strict-spaces", "strict-trailing", "marker-equals", "equals"],
+)
+def test_answer_extraction_is_linear_on_adversarial_replies(reply):
+    import time
+
+    from selfimprove.tasks.base import Sample
+    from selfimprove.tasks.validators import (
+        date_validator,
+        exact_text_validator,
+        numeric_validator,
+        yes_no_validator,
+    )
+
+    sample = Sample(id="x", input="q", target="1")
+    t = time.perf_counter()
+    for validator in (numeric_validator(), exact_text_validator(), yes_no_validator()):
+        validator(reply, sample)
+    date_validator()(reply, Sample(id="d", input="q", target="2024-01-02"))
+    assert time.perf_counter() - t < 2.0  # ~0.1 s when linear; the quadratic path took minutes
+
+
+def test_trailing_equals_and_strict_answer_unchanged_on_ordinary_replies():
+    from selfimprove.tasks.validators import extract_answer_segments, strict_answer
+
+    assert extract_answer_segments("so 3 + 4 = 7.") == ["7"]
+    assert extract_answer_segments("x =\n  12 !") == ["12"]
+    assert extract_answer_segments("x = 3, so 12") == []
+    assert strict_answer("work\n  Answer:   12.  \n\n") == "12"
+    assert strict_answer("Answer:") is None and strict_answer("answer: 3") is None

@@ -148,6 +148,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             )
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{p} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at line {line} "
+                f"(offset {e.start}) cannot be decoded.\n"
+                "Fix: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"Cannot read config file {p}: {e.strerror}.") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

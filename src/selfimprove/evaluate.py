@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator
 
 from selfimprove.engine import Engine
+from selfimprove.faults import fault
 from selfimprove.stats import wilson_ci  # also importable from here, as before
 from selfimprove.store import RunStore
 from selfimprove.tasks.base import Sample, Score, Task
@@ -353,6 +354,7 @@ def evaluate_to_store(
             progress=progress,
         )
         store.append_records(run_id, fname, [r.model_dump(mode="json") for r in recs])
+        fault("eval:batch")
 
 
 def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegistry:
@@ -396,7 +398,7 @@ def check_unchanged_items(
         )
 
 
-def check_resumed_model(prev: Any, weights_hash: str | None, hook: ProgressHook) -> None:
+def check_resumed_model(prev: Any, loaded: Any, hook: ProgressHook) -> None:
     """Resuming with other weights than the run started with is refused; other code is
     reported (it may be a bug fix, but results can differ from the finished part).
 
@@ -407,10 +409,10 @@ def check_resumed_model(prev: Any, weights_hash: str | None, hook: ProgressHook)
     from selfimprove.store import collect_provenance
 
     was = prev.provenance.get("model_hash")
-    if was and weights_hash and was != weights_hash:
+    if was and not loaded.hash_matches(was):
         raise ConfigError(
             f"run {prev.id} started with model weights {was}, but {prev.model} now has "
-            f"{weights_hash}; its finished records are of another model. Resume with the "
+            f"{loaded.weights_hash}; its finished records are of another model. Resume with the "
             "same model files, or start a new run."
         )
     now = collect_provenance()
@@ -534,7 +536,7 @@ def run_evaluation(
     )
     engine = Engine(loaded, runtime=runtime, system_prompt=cfg.model.system_prompt)
     if resume is not None:
-        check_resumed_model(prev, loaded.weights_hash, hook)
+        check_resumed_model(prev, loaded, hook)
 
     register_eval_items(store, plan)
 

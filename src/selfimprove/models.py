@@ -24,12 +24,15 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ModelLoadError
-from selfimprove.store import file_sha256
+from selfimprove.faults import fault
+from selfimprove.store import file_sha256, publish_dir, remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,13 @@ class LoadedModel:
     name: str
     source: str
     weights_hash: str
+    #: hashes older records may hold for these same weights (folder_fingerprint)
+    legacy_hashes: tuple[str, ...] = field(default=(), compare=False)
+
+    def hash_matches(self, recorded: str) -> bool:
+        """``recorded`` (a run's ``model_hash``, an adapter's ``base_weights_hash``) is this
+        model's weight hash, or the older fingerprint of the same files."""
+        return recorded == self.weights_hash or recorded in self.legacy_hashes
 
     @property
     def n_params(self) -> int:
@@ -91,8 +101,49 @@ def embedded_cache_dir() -> Path:
     return cache_root() / "models" / f"{EMBEDDED_NAME}-q4_1-v{_CACHE_FORMAT}"
 
 
-def _is_complete(folder: Path) -> bool:
-    return (folder / "COMPLETE").is_file() and (folder / "model.safetensors").is_file()
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors")) + sorted(
+        p for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES
+    )
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why the converted cache in ``folder`` cannot be used (``None``: it is complete).
+
+    ``COMPLETE`` is written last and lists every file with its size and SHA-256; each file
+    must be there with that size and, for the weights, that hash (0.7 s for the 538 MB file),
+    so a truncated, edited or half-deleted cache is converted again instead of loaded.
+    """
+    marker = folder / "COMPLETE"
+    if not marker.is_file():
+        return "no COMPLETE marker (a conversion did not finish)"
+    try:
+        files = json.loads(marker.read_text("utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "COMPLETE marker of an older format or unreadable"
+    for name, meta in files.items():
+        p = folder / name
+        if not p.is_file() or p.stat().st_size != meta.get("size"):
+            return f"{name} is missing or has the wrong size"
+        if meta.get("sha256") and file_sha256(p) != meta["sha256"]:
+            return f"{name} does not match its SHA-256 in COMPLETE"
+    if "model.safetensors" not in files:
+        return "COMPLETE lists no model.safetensors"
+    return None
+
+
+@contextmanager
+def _conversion_lock(parent: Path) -> Iterator[None]:
+    """One conversion at a time per cache folder (``flock``; the kernel drops it when the
+    holder dies, even by SIGKILL). A second process waits, then finds the cache done."""
+    import fcntl
+
+    with open(parent / ".convert.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def convert_embedded(*, force: bool = False) -> Path:
@@ -100,16 +151,34 @@ def convert_embedded(*, force: bool = False) -> Path:
 
     The GGUF-loaded model refuses ``save_pretrained`` (it carries a quantization config), so
     we rebuild it with ``from_config`` without that config, copy the state dict, and save.
+    Atomic and exclusive: files go to a hidden temp folder, are fsynced, get a ``COMPLETE``
+    marker with their hashes last, and only then replace the cache; conversions hold a lock,
+    so two first-time loads do not convert twice or delete each other's files, and the temp
+    folders of a killed conversion are removed by the next one.
     """
     target = embedded_cache_dir()
-    if _is_complete(target) and not force:
+    if not force and cache_problem(target) is None:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _conversion_lock(target.parent):
+        problem = cache_problem(target)
+        if not force and problem is None:  # another process converted while we waited
+            return target
+        # under the lock nobody else is converting: temp folders here are a killed one's
+        for orphan in remove_orphans(target.parent, [".convert-*", f".{target.name}.old-*"]):
+            log.warning("Removed %s, left by a conversion that was killed", orphan.name)
+        if target.exists():
+            log.warning("Converting the embedded model again: %s", problem)
+        _convert_into(target)
+    return target
+
+
+def _convert_into(target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
     log.info("Converting %s to safetensors (one time, ~30 s)", gguf.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -130,22 +199,47 @@ def convert_embedded(*, force: bool = False) -> Path:
             )
         clean.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "COMPLETE").write_text(
-            json.dumps({"gguf": str(gguf), "gguf_sha256": file_sha256(gguf)[:16]})
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        fault("convert:saved")
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        marker = {"gguf": str(gguf), "gguf_sha256": file_sha256(gguf)[:16], "files": files}
+        (tmp / "COMPLETE").write_text(json.dumps(marker, indent=1))
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
-def folder_weights_hash(folder: Path) -> str:
-    """Short hash over a folder's weight files (name + size + first/last MiB: fast, stable)."""
+def folder_weights_hash(folder: Path, digests: dict[str, str] | None = None) -> str:
+    """Short SHA-256 over a folder's weight files: names, sizes and every byte (0.7 s per
+    538 MB; ``digests`` = known SHA-256s by file name, e.g. from a verified ``COMPLETE``).
+    The identity a resumed run and an adapter's ``base_weights_hash`` compare."""
     h = hashlib.sha256()
-    for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+    for p in _weight_files(folder):
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+        h.update(bytes.fromhex((digests or {}).get(p.name) or file_sha256(p)))
+    return h.hexdigest()[:16]
+
+
+def _verified_digests(folder: Path, source: str) -> dict[str, str] | None:
+    """The embedded cache's file hashes from its ``COMPLETE`` marker, which
+    :func:`convert_embedded` has just checked against the files (no second read)."""
+    if not source.startswith("gguf:"):
+        return None
+    files = json.loads((folder / "COMPLETE").read_text("utf-8"))["files"]
+    return {name: meta["sha256"] for name, meta in files.items()}
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """The weight hash of runs and adapters made before the full hash: name, size and the
+    first and last MiB of each weight file. Accepted as a match for older records only
+    (:meth:`LoadedModel.hash_matches`)."""
+    h = hashlib.sha256()
+    for p in _weight_files(folder):
         h.update(p.name.encode())
         h.update(str(p.stat().st_size).encode())
         with open(p, "rb") as f:
@@ -310,8 +404,12 @@ def load_model(
                 f"Could not load model weights from {where!r}: {e}\n"
                 "Fix: the folder needs config.json, tokenizer files and *.safetensors weights."
             ) from e
-        whash = folder_weights_hash(folder) if folder is not None else spec
-        loaded = LoadedModel(model, _prepare_tokenizer(tok), name, source, whash)
+        if folder is None:
+            whash, legacy = spec, ()
+        else:
+            whash = folder_weights_hash(folder, _verified_digests(folder, source))
+            legacy = (folder_fingerprint(folder),)
+        loaded = LoadedModel(model, _prepare_tokenizer(tok), name, source, whash, legacy)
 
     if adapter is not None:
         loaded = attach_adapter(loaded, adapter, allow_pickle=allow_pickle)
@@ -363,4 +461,5 @@ def attach_adapter(
         f"{loaded.name}+{path.name}",
         f"{loaded.source}+adapter:{path}",
         f"{loaded.weights_hash}+{folder_weights_hash(path)}",
+        tuple(f"{h}+{folder_fingerprint(path)}" for h in loaded.legacy_hashes),
     )

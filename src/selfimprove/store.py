@@ -49,6 +49,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,6 +182,55 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and every folder in it (itself included), so that
+    what a later ``os.replace`` publishes is on disk, not only in the page cache."""
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Durably move the finished folder ``tmp`` to ``target`` (a sibling of it): its files
+    are fsynced first, an existing ``target`` is moved aside and deleted only after the swap,
+    and the parent folder is fsynced. A reader sees the old folder or the new one; a process
+    killed midway leaves ``target`` intact or absent plus hidden siblings that
+    :func:`remove_orphans` clears."""
+    fsync_tree(tmp)
+    old: Path | None = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "x")
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old / "x", target)  # put the previous folder back
+        raise
+    finally:
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_orphans(parent: Path, patterns: Iterable[str]) -> list[Path]:
+    """Delete the temp siblings (``patterns``, globs) a killed :func:`publish_dir` writer left
+    in ``parent``. Only call it while no other process can be writing there (under the
+    run's writer lock, or a lock of the folder's own)."""
+    removed = []
+    for pat in patterns:
+        for p in sorted(parent.glob(pat)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def file_sha256(path: str | Path, *, chunk_size: int = 1 << 20) -> str:

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from selfimprove.errors import ConfigError, SelfImproveError
+from selfimprove.errors import ConfigError, SelfImproveError, StoreError
 from selfimprove.evaluate import ProgressHook
 from selfimprove.store import DEFAULT_ROOT
 
@@ -535,7 +535,7 @@ def config_cmd(
 def runs_list(
     config: ConfigOpt = None,
     store: StoreOpt = None,
-    limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = 20,
     kind: Annotated[
         str | None, typer.Option(help="Only runs of this kind (eval, run, diff...).")
     ] = None,
@@ -578,17 +578,26 @@ def runs_show(
     ] = False,
 ) -> None:
     """Show one run: status, config, provenance summary and its metrics table."""
-    from selfimprove.evaluate import CategoryMetrics
     from selfimprove.store import RunStore
 
     st = RunStore(store_root(config, store))
     r = st.get_run(run_id)
+    folder = Path(r.path)
+    if not folder.is_dir():
+        raise StoreError(
+            f"Run {r.id} is in the registry but its folder {folder} is missing (moved or "
+            "deleted); its records are gone.\nFix: restore the folder, or start a new run."
+        )
+    mpath = folder / "metrics.json"
+    metrics = _read_metrics(mpath) if mpath.is_file() else None
     if markdown:
-        mp = Path(r.path) / "metrics.json"
-        if not mp.is_file():
-            raise typer.BadParameter(f"run {r.id} has no metrics.json (not an evaluation run?)")
-        ms = [CategoryMetrics.model_validate(m) for m in json.loads(mp.read_text())]
-        print(metrics_markdown(ms))
+        if metrics is None:
+            raise StoreError(
+                f"Run {r.id} ({r.kind}) has no metrics.json: --markdown prints the per-category "
+                "table of an evaluation run (`selfimprove eval`).\n"
+                f"Fix: drop --markdown, or see {folder} for this run's own files."
+            )
+        print(metrics_markdown(metrics))
         return
     console.print(
         f"[bold]{r.id}[/]  kind={r.kind}  status={r.status}  model={r.model}  seed={r.seed}"
@@ -603,12 +612,27 @@ def runs_show(
     )
     if r.summary:
         console.print(f"summary: {r.summary}")
-    mpath = Path(r.path) / "metrics.json"
-    if mpath.is_file():
-        metrics = [CategoryMetrics.model_validate(m) for m in json.loads(mpath.read_text())]
+    if metrics is not None:
         console.print(metrics_table(metrics, "metrics"))
-    files = sorted(p.name for p in Path(r.path).iterdir())
+    files = sorted(p.name for p in folder.iterdir())
     console.print(f"files: {', '.join(files)}")
+
+
+def _read_metrics(path: Path) -> list[Any]:
+    """A run's ``metrics.json`` as CategoryMetrics, or a StoreError naming the file."""
+    from pydantic import ValidationError
+
+    from selfimprove.evaluate import CategoryMetrics
+
+    try:
+        rows = json.loads(path.read_text("utf-8"))
+        return [CategoryMetrics.model_validate(m) for m in rows]
+    except (ValueError, TypeError, ValidationError) as e:  # JSONDecodeError is a ValueError
+        first = str(e).splitlines()[0]
+        raise StoreError(
+            f"{path} is corrupt ({type(e).__name__}: {first}).\n"
+            "Fix: restore the file, or re-run the evaluation (`selfimprove eval`)."
+        ) from None
 
 
 @suites_app.command("list")
@@ -646,7 +670,7 @@ def suites_show(
 def suites_export(
     name: Annotated[str, typer.Argument(help="Suite name.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
-    n: Annotated[int, typer.Option("--n", "-n", help="Items per suite.")] = 300,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Items per suite.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """Write a suite's items as inspect-compatible JSONL (one Sample per line)."""
@@ -656,7 +680,16 @@ def suites_export(
 
     suites = resolve_suites([name])
     samples = [s for _su, _t, xs in plan_items(suites, n, seed) for s in xs]
-    atomic_write_text(out, dump_jsonl(samples))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, dump_jsonl(samples))
+    except OSError as e:
+        blocker = next((q for q in out.parents if q.exists() and not q.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else f"{e.strerror} ({e.filename})"
+        raise StoreError(
+            f"Cannot write {out}: {why}.\n"
+            "Fix: choose an --out path in a folder you can write to (not under a file)."
+        ) from None
     console.print(f"Wrote {len(samples)} items to {out}")
 
 

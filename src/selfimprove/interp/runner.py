@@ -81,7 +81,7 @@ def load_for_interp(model: str | None, adapter: str | Path | None = None) -> Loa
             base_hash = json.loads(tr.read_text()).get("base_weights_hash", "")
         except (OSError, ValueError):
             base_hash = ""
-        if base_hash and base_hash != loaded.weights_hash:
+        if base_hash and not loaded.hash_matches(base_hash):
             raise ModelLoadError(
                 f"Adapter {str(path)!r} was trained on a different base model (weights hash "
                 f"{base_hash}, loaded model {loaded.name} has {loaded.weights_hash}).\n"

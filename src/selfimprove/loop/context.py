@@ -10,8 +10,6 @@ are marked done only after their artifact is written, so a resumed run skips the
 from __future__ import annotations
 
 import copy
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfimprove.engine import Engine
 from selfimprove.evaluate import EvalRecord, Item, ProgressHook
+from selfimprove.faults import fault
 from selfimprove.loop.records import ArmRound, LoopState
 from selfimprove.loop.split import ItemSplit
 from selfimprove.models import LoadedModel, attach_adapter
@@ -47,9 +46,11 @@ class PhaseState:
         return name in self.state.done
 
     def mark(self, name: str) -> None:
+        fault(f"phase:{name}:before")
         if name not in self.state.done:
             self.state.done.append(name)
         self.save()
+        fault(f"phase:{name}")
 
     def save(self) -> None:
         atomic_write_text(self.path, self.state.model_dump_json(indent=1))
@@ -130,13 +131,6 @@ class LoopContext:
         (``adapters/r1_targeted``; older runs stored a cwd-relative path, read by its name)."""
         cur = self.phases.state.current.get(arm)
         return None if cur is None else str(self.run_dir / "adapters" / Path(cur).name)
-
-
-def fault(point: str) -> None:
-    """Test-only fault injection: ``SELFIMPROVE_FAULT=kill:<point>`` SIGKILLs this process at
-    ``point`` (e.g. ``kill:r1_random/train``), the hardest kill there is (no cleanup runs)."""
-    if os.environ.get("SELFIMPROVE_FAULT") == f"kill:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def step_progress(

@@ -28,7 +28,13 @@ from selfimprove.loop.records import LoopResult, LoopSummary, SweepPoint
 from selfimprove.loop.summary import summarize
 from selfimprove.models import LoadedModel, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
-from selfimprove.store import RunInfo, RunStore, atomic_write_text, collect_provenance
+from selfimprove.store import (
+    RunInfo,
+    RunStore,
+    atomic_write_text,
+    collect_provenance,
+    remove_orphans,
+)
 
 if TYPE_CHECKING:
     from selfimprove.config import Config
@@ -68,9 +74,12 @@ def run_loop(
     runtime = resolve_runtime(cfg.runtime.threads, cfg.runtime.dtype)
     base = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     if prev is not None:
-        check_resumed_model(prev, base.weights_hash, hook)
+        check_resumed_model(prev, base, hook)
     registry = register_eval_items(store, plan)
     with _open_run(store, cfg, prev, runtime, base) as info:
+        # we hold the run's writer lock: temp folders in it are a killed writer's leftovers
+        for orphan in remove_orphans(store.run_dir(info.id) / "adapters", _ORPHANS):
+            hook.phase(f"Removed the unfinished {orphan.name} a killed run left behind")
         ctx = LoopContext(
             cfg=cfg,
             store=store,
@@ -98,6 +107,10 @@ def run_loop(
         rounds=ctx.phases.state.rounds,
         summary=summary,
     )
+
+
+#: what a killed adapter save leaves (selfimprove.store.publish_dir, train._atomic_save)
+_ORPHANS = (".*.tmp-*", ".*.old-*")
 
 
 def evaluation_plan(lcfg: LoopConfig) -> tuple[list[Any], list[Any], list[Any]]:

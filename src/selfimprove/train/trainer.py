@@ -65,9 +65,11 @@ from transformers.trainer_callback import PrinterCallback
 
 from selfimprove.engine import Engine
 from selfimprove.errors import ConfigError, DataError
+from selfimprove.faults import fault
 from selfimprove.gate import check_losses
 from selfimprove.models import LoadedModel
 from selfimprove.runtime import Runtime, resolve_runtime
+from selfimprove.store import publish_dir
 from selfimprove.tasks.base import Sample
 from selfimprove.train.config import TrainConfig, TrainExample, TrainResult
 from selfimprove.train.weights import compute_weights
@@ -650,25 +652,18 @@ def _world_size() -> int:
 
 
 def _atomic_save(model: Any, payload: dict[str, Any], out_dir: Path) -> None:
-    """Write the adapter + ``train_result.json`` into a temp sibling, then ``os.replace``."""
+    """Write the adapter + ``train_result.json`` into a temp sibling, fsync it, then swap it
+    in (:func:`selfimprove.store.publish_dir`): a killed save never leaves a half adapter."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    old: Path | None = None
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "train_result.json").write_text(json.dumps(payload, indent=2), "utf-8")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
+        fault("train:saved")
+        publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "x").exists() and not out_dir.exists():
-            os.replace(old / "x", out_dir)  # put the previous adapter back
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def apply_weight_policy(
