@@ -20,6 +20,7 @@ from selfimprove.evaluate import (
     register_eval_items,
     resolve_suites,
 )
+from selfimprove.faults import fault
 from selfimprove.gate import GateConfig
 from selfimprove.loop import phases
 from selfimprove.loop.config import LoopConfig
@@ -188,6 +189,7 @@ def finish(ctx: LoopContext) -> LoopSummary:
         ctx.run_id, "summary_rounds.json", [r.model_dump(mode="json") for r in rounds]
     )
     ctx.store.set_summary(ctx.run_id, summary.model_dump(mode="json"))
+    fault("loop:summary")
     summary.report = str(render_run_report(ctx.run_dir))
     return summary
 
