@@ -177,15 +177,49 @@ def test_no_training_example_is_an_evaluation_item(full_run):
     store, res = full_run
     registry = NeverTrainRegistry.load(store / "never_train.json")
     run_dir = Path(res.run_dir)
-    eval_hashes = {
-        json.loads(x)["input_hash"]
-        for x in (run_dir / "eval_r0_base.jsonl").read_text().splitlines()
-    }
-    assert len(registry) >= len(eval_hashes) > 0
+    base = _rows(run_dir / "eval_r0_base.jsonl")
+    eval_hashes = {r["input_hash"] for r in base}
+    assert eval_hashes and eval_hashes <= set(registry._sources)  # every item, not a count
     for name, hashes in _data(run_dir).items():
         assert not set(hashes) & eval_hashes
         rows = [json.loads(x) for x in (run_dir / name).read_text().splitlines()]
         assert all(isinstance(r["prompt"], str) and r["prompt"] not in registry for r in rows)
+
+
+def test_registered_items_are_never_drawn_for_training(full_run, small_loop, tmp_path):
+    """Plant: register, as if evaluation items, exactly the items round 1's targeted draw
+    produced in the reference run; a new run on that store must draw none of them, and its
+    funnel must count them as dropped (the check above passes on any run that happens not to
+    collide; this one collides by construction)."""
+    from selfimprove.config import load_config
+    from selfimprove.loop import run_loop
+    from selfimprove.synth.templated import templated_variations
+
+    _store, ref = full_run
+    r1 = ref.rounds[0]
+    drawn, _f = templated_variations(
+        [tuple(t) for t in r1.targets],
+        small_loop["loop"]["budget"],
+        seed_key="train:0:1:targeted",
+        registry=NeverTrainRegistry(),
+    )
+    ref_hashes = {r["input_hash"] for r in _rows(Path(ref.run_dir) / "data_r1_targeted.jsonl")}
+    drawn = [s for *_, s in drawn if s.input_hash() in ref_hashes]  # what the loop trained on
+    assert len(drawn) >= 4
+    planted = NeverTrainRegistry()
+    planted.add(drawn, "planted")
+    store = tmp_path / "s"
+    store.mkdir()
+    planted.save(store / "never_train.json")
+    over = small_loop
+    over["store"] = {"root": str(store)}
+    over["loop"].update(rounds=1, arms=["targeted"])
+    res = run_loop(load_config(None, over))
+    (ar,) = res.rounds
+    assert [tuple(t) for t in ar.targets] == [tuple(t) for t in r1.targets]
+    got = {r["input_hash"] for r in _rows(Path(res.run_dir) / "data_r1_targeted.jsonl")}
+    assert got and not got & {s.input_hash() for s in drawn}
+    assert ar.funnel.dropped_eval_overlap >= len(drawn)
 
 
 def test_kill_during_training_then_resume_gives_the_same_records(full_run, small_loop, tmp_path):

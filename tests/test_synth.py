@@ -199,23 +199,54 @@ def test_self_generated_filters_perplexity_and_never_train():
     assert funnel["dropped_eval_overlap"] >= 1
 
 
+class _PlantedAnswers:
+    """The tiny model's engine with known-correct STaR replies planted: the first sample of
+    items 0-2 is replaced by the gold answer (the tiny random model never answers right, so
+    without plants every check below would run over an empty list)."""
+
+    def __init__(self, engine, pool, planted=(0, 1, 2)):
+        self.engine, self.pool, self.planted, self.calls = engine, pool, set(planted), 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, prompts, **kw):
+        import dataclasses
+
+        outs = self.engine.generate(prompts, **kw)
+        self.calls += 1
+        if self.calls == 1:  # STaR: star_k consecutive samples per pool item
+            k = len(prompts) // len(self.pool)
+            for i in self.planted:
+                gold = f"Answer: {self.pool[i][2].target}"
+                outs[i * k] = dataclasses.replace(outs[i * k], text=gold)
+        return outs
+
+
 def test_self_generated_respects_budget_on_a_real_tiny_model(tiny_llama):
+    """Only verified replies are kept, at most the budget, with the real tiny model's
+    perplexity filter and generations around three planted correct replies."""
     task = find_task("arithmetic", "add_1d")
     pool = [("arithmetic", task, s) for s in task.samples(4, seed=3)]
+    engine = _PlantedAnswers(tiny_llama, pool)
+    cfg = SelfDataConfig(star_k=2, max_new_tokens=8, ppl_max=1e12, critique=False)
     kept, funnel = self_generated_data(
-        tiny_llama,
-        pool,
-        2,
-        SelfDataConfig(star_k=2, max_new_tokens=8),
-        seed=0,
-        registry=NeverTrainRegistry(),
-        seen=set(),
+        engine, pool, 2, cfg, seed=0, registry=NeverTrainRegistry(), seen=set()
     )
-    assert len(kept) <= 2 and funnel["star_sampled"] == 8
+    assert funnel["star_sampled"] == 8 and funnel["star_verified"] == 3
+    assert len(kept) == 2  # three verified, budget two
     by_id = {s.id: s for *_, s in pool}
+    planted = {pool[i][2].id for i in engine.planted}
+    assert {k.id for k in kept} <= planted and all(k.source == "star" for k in kept)
     for k in kept:
-        if k.source != "variation":
-            assert task.score(k.completion, by_id[k.id]).correct
+        assert task.score(k.completion, by_id[k.id]).correct
+    # the same run with a budget of 8 keeps all three verified replies and nothing else
+    engine = _PlantedAnswers(tiny_llama, pool)
+    kept8, _ = self_generated_data(
+        engine, pool, 8, cfg.model_copy(update={"rationalize": False, "variations": False}),
+        seed=0, registry=NeverTrainRegistry(), seen=set(),
+    )  # fmt: skip
+    assert sorted(k.id for k in kept8) == sorted(planted)
 
 
 def test_near_duplicate_key_folds_every_symbol_but_answer_normalisation_keeps_some():
