@@ -195,6 +195,43 @@ def test_saliency_reports_tied_embedding_once(loaded: LoadedModel, items: list[I
     assert all(p.requires_grad for p in loaded.model.parameters())  # flags restored
 
 
+def test_attention_statistics_equal_uniform_attention_exactly(
+    loaded: LoadedModel, items: list[InterpItem]
+) -> None:
+    """Known answer: with every query projection zeroed all scores are 0, so query t attends
+    uniformly to t + 1 tokens: entropy log(t + 1), first-token and previous-token mass
+    1 / (t + 1), averaged over t = 1 … T - 1 (a range check passes on wrong numbers; this
+    does not)."""
+    from selfimprove.interp.attention import attention_stats
+
+    m = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.q_proj.weight.zero_()
+    it = items[0]
+    r = attention_stats(m, [it], pad_id_of(loaded))
+    t = np.arange(1, len(it.prompt_ids))
+    for name, want in (
+        ("entropy", np.log(t + 1).mean()),
+        ("first_token_mass", (1 / (t + 1)).mean()),
+        ("prev_token", (1 / (t + 1)).mean()),
+    ):
+        np.testing.assert_allclose(r[name][0], want, rtol=1e-5, err_msg=name)
+    # and on the unmodified model the statistics differ from the uniform ones
+    r0 = attention_stats(loaded.model, [it], pad_id_of(loaded))
+    assert not np.allclose(r0["entropy"][0], np.log(t + 1).mean(), rtol=1e-3)
+
+
+def test_saliency_gives_a_dead_head_zero_importance(loaded: LoadedModel, items) -> None:
+    """Known answer: a head whose o_proj columns are zero cannot change the loss, so its
+    gradient x activation (Taylor) importance is exactly 0; the amplified head ranks first."""
+    m = _planted(loaded)
+    r = analyze_saliency(m, items[:4], pad_id_of(loaded), label_by="suite")
+    h = np.array(r["heads"][r["summary"]["labels"][0]]["taylor"])
+    assert h[1, 4] == 0.0 and np.all(np.delete(h.ravel(), 1 * h.shape[1] + 4) > 0)
+    assert np.unravel_index(h.argmax(), h.shape) == (0, 2)
+
+
 def test_causal_patching_and_steering_run(loaded: LoadedModel) -> None:
     its = build_items(loaded, ["arithmetic", "word_sort"], 40, seed=0)
     r = analyze_causal(loaded.model, its, pad_id_of(loaded), label_by="suite", alphas=(1.0, 4.0))

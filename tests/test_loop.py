@@ -537,7 +537,9 @@ def test_accepted_model_is_scored_on_the_selection_half_and_checked_by_the_detec
     }
     res = run_loop(load_config(None, over))
     r1, r2 = res.rounds
-    assert r1.accepted and r1.diff is not None and r1.diff.samples_per_model >= 0
+    assert (
+        r1.accepted and r1.diff is not None and r1.diff.samples_per_model == 8
+    )  # loop.behavior_diff
     assert any(x.startswith(("ok: behavior diff", "warning: behavior diff")) for x in r1.reasons)
     assert not r2.accepted and "rejected: behavior diff: planted" in r2.reasons
     run_dir = Path(res.run_dir)
