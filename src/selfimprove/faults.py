@@ -7,8 +7,8 @@ handler runs, exactly as when the machine loses power or the OOM killer strikes.
 * ``phase:<name>`` just after a loop phase is marked done in ``state.json``
   (``phase:r0/baseline``, ``phase:r1_targeted/data`` …), and ``phase:<name>:before`` just
   before; ``eval:batch`` after an evaluation writes a batch of records;
-* ``train:step`` inside training, ``train:saved`` after an adapter is written but before it
-  is published; ``<name>/train`` (a loop phase's training, e.g. ``r1_random/train``);
+* ``train:saved`` after an adapter is written but before it is published; ``<name>/train``
+  at a training step of a loop phase (e.g. ``r1_random/train``);
 * ``loop:summary`` after the loop's summary is stored, before its report is rendered;
 * ``convert:saved`` after the embedded model's conversion wrote its files, before its
   ``COMPLETE`` marker.
