@@ -150,6 +150,11 @@ def test_change_in_one_region_is_found_only_there(base, regions, fp32_runtime) -
     for r in res.regions:
         assert not set(r.screen_ids) & set(r.confirm_ids)
     assert by[target].label is not None and by[target].examples
+    # the label opens with the statistic that changed, in counts
+    from selfimprove.diff.naming import describe_test
+
+    first = by[target].changed_stats[0]
+    assert by[target].label.text.startswith(describe_test(by[target].test(first)))
 
 
 def test_bad_jsonl_raises_data_error(tmp_path: Path) -> None:

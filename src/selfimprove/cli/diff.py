@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from selfimprove.cli.app import (
@@ -40,6 +41,47 @@ SuitesOpt = Annotated[
 ]
 
 
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _region_table(res: object) -> Table:
+    """Regions ranked by q-value, laid out to stay readable at 80 columns and in a log file:
+    four narrow numeric columns and one wrapping column that states the statistic in counts."""
+    from selfimprove.diff.detect import DiffResult
+    from selfimprove.diff.naming import describe_test
+
+    assert isinstance(res, DiffResult)
+    t = Table(
+        title=f"{res.candidate} vs {res.base}: regions by q-value",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    t.add_column("region", overflow="fold", max_width=30)
+    t.add_column("KL", justify="right", no_wrap=True)
+    t.add_column("n", justify="right", no_wrap=True)
+    t.add_column("q", justify="right", no_wrap=True)
+    t.add_column("statistic (B vs A)", overflow="fold", ratio=1, min_width=24)
+    shown = sorted(res.regions, key=lambda r: (r.q_value, r.screen_rank))
+    for r in shown[: max(10, len(res.flagged))]:
+        stat = (r.changed_stats or [r.top_stat])[0] if r.flagged else r.top_stat
+        test = r.test(stat) if stat else None
+        what = describe_test(test) if test is not None and test.n else "not sampled"
+        t.add_row(
+            ("* " if r.flagged else "") + r.region,
+            f"{r.screen.score:.3g}",
+            str(r.allocated),
+            f"{r.q_value:.2g}",
+            what,
+            style="bold red" if r.flagged else None,
+        )
+    if len(shown) > 10 and len(shown) > len(res.flagged):
+        t.caption = f"{len(shown) - max(10, len(res.flagged))} more regions, none flagged (--json)"
+    return t
+
+
 def _print_result(run: object, *, as_json: bool = False) -> None:
     from selfimprove.diff.run import DiffRun, describe
 
@@ -48,42 +90,44 @@ def _print_result(run: object, *, as_json: bool = False) -> None:
         console.print_json(json.dumps(describe(run.result)))
         console.print(f"Run {run.run_id} saved to {run.run_dir}")
         return
+    from selfimprove.diff.naming import describe_test
+
     res = run.result
-    t = Table(title=f"{res.candidate} vs {res.base}: regions ranked by q-value")
-    t.add_column("region", no_wrap=True)
-    for col in ("screen KL", "n", "statistic", "A → B", "effect [95% CI]", "q", "label"):
-        t.add_column(col)
-    shown = sorted(res.regions, key=lambda r: (r.q_value, r.screen_rank))
-    for r in shown[: max(10, len(res.flagged))]:
-        test = r.test(r.top_stat) if r.top_stat else None
-        ab = f"{test.a_value:.3g} → {test.b_value:.3g}" if test and test.n else "–"
-        eff = (
-            f"{test.effect:+.3g} [{test.ci[0]:+.3g}, {test.ci[1]:+.3g}]" if test and test.n else "–"
-        )
-        label = ""
-        if r.label:
-            ok = "✓" if r.label.validated else "✗"
-            label = f"{r.label.text} ({ok} held-out)"
-        style = "bold red" if r.flagged else None
-        t.add_row(
-            r.region,
-            f"{r.screen.score:.4f}",
-            str(r.allocated),
-            r.top_stat or "–",
-            ab,
-            eff,
-            f"{r.q_value:.3g}",
-            label,
-            style=style,
-        )
-    console.print(t)
+    console.print(_region_table(res))
     if res.changed:
-        console.print(f"[bold red]{len(res.flagged)} region(s) changed[/] at FDR q={res.config.q}.")
+        console.print(f"[bold red]{len(res.flagged)} region(s) changed[/] at FDR q={res.config.q}:")
         for r in res.flagged:
+            console.print(f"\n[bold]{r.region}[/] (q={r.q_value:.2g})", highlight=False)
+            for stat in r.changed_stats or [r.top_stat]:
+                test = r.test(stat)
+                if test is None or not test.n:
+                    continue
+                console.print(
+                    f"  {describe_test(test)}; B − A {test.effect:+.3g} "
+                    f"[{test.ci[0]:+.3g}, {test.ci[1]:+.3g}]",
+                    highlight=False,
+                    markup=False,
+                )
+            if r.label and (r.label.b_terms or r.label.a_terms):
+                terms = "; ".join(
+                    f"{who} says " + ", ".join(repr(w) for w in ws)
+                    for who, ws in (("B", r.label.b_terms), ("A", r.label.a_terms))
+                    if ws
+                )
+                check = (
+                    f"{r.label.heldout_accuracy:.0%} of {r.label.heldout_n} held-out pairs, "
+                    f"p={r.label.heldout_p:.2g}"
+                    if r.label.heldout_accuracy is not None and r.label.heldout_p is not None
+                    else "no held-out pairs"
+                )
+                verdict = "validated" if r.label.validated else "not validated"
+                console.print(
+                    f"  words: {terms} ({verdict}: {check})", highlight=False, markup=False
+                )
             for ex in r.examples[:1]:
-                console.print(f"  [bold]{r.region}[/] e.g. {ex.prompt[:80]!r}")
-                console.print(f"    A: {ex.a_output[:100]!r}")
-                console.print(f"    B: {ex.b_output[:100]!r}")
+                console.print(f"  e.g. {_clip(ex.prompt, 70)!r}", highlight=False, markup=False)
+                console.print(f"    A: {_clip(ex.a_output, 90)!r}", highlight=False, markup=False)
+                console.print(f"    B: {_clip(ex.b_output, 90)!r}", highlight=False, markup=False)
     else:
         console.print(f"[bold green]No behavior change detected[/] at FDR q={res.config.q}.")
     if run.weights:

@@ -37,7 +37,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from selfimprove.diff.allocate import allocate_budget
-from selfimprove.diff.naming import ExamplePair, RegionLabel, contrast_examples, label_region
+from selfimprove.diff.naming import (
+    ExamplePair,
+    RegionLabel,
+    contrast_examples,
+    headline_tests,
+    label_region,
+)
 from selfimprove.diff.regions import PromptItem, Region, split_region
 from selfimprove.diff.screen import (
     ReferenceKind,
@@ -124,6 +130,11 @@ class RegionResult(BaseModel):
     q_value: float = 1.0
     flagged: bool = False
     top_stat: str = ""
+    changed_stats: list[str] = Field(
+        default_factory=list,
+        description="Flagged regions: the statistics that changed, the most readable first "
+        "(naming.headline_tests); the label and examples follow the first.",
+    )
     examples: list[ExamplePair] = Field(default_factory=list)
     label: RegionLabel | None = None
     screen_ids: list[str] = Field(default_factory=list)
@@ -327,9 +338,11 @@ def detect_changes(
     for res in results:
         items, oa, ob, dv = outputs[res.region]
         if res.flagged and items:
-            top_test = res.test(res.top_stat)
-            res.examples = contrast_examples(items, oa, ob, dv, res.top_stat, cfg.n_examples)
-            res.label = label_region([o.text for o in oa], [o.text for o in ob], top_test)
+            changed = headline_tests(res.tests, cfg.q)
+            res.changed_stats = [t.stat for t in changed]
+            stat = res.changed_stats[0] if changed else res.top_stat
+            res.examples = contrast_examples(items, oa, ob, dv, stat, cfg.n_examples)
+            res.label = label_region([o.text for o in oa], [o.text for o in ob], changed)
 
     seconds = time.perf_counter() - t0
     n_scored = len(flat) * 2 if "logprob" in cfg.stats else 0

@@ -7,7 +7,9 @@
   the log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008):
   ``δ_w = log((y_Bw+a_w)/(n_B+a_0−y_Bw−a_w)) − log((y_Aw+a_w)/(n_A+a_0−y_Aw−a_w))``,
   ``z_w = δ_w / sqrt(1/(y_Bw+a_w) + 1/(y_Aw+a_w))`` with the prior ``a_w`` proportional to
-  the pooled counts. The label is the statistic that changed plus the top terms each way.
+  the pooled counts. The label names each statistic that changed in counts ("B refuses
+  10/12 vs A 0/12 (p=0.002)", behavioral statistics before the divergence) plus the top
+  terms each way.
 * **Validation**: the terms are derived from half of the region's pairs and checked on the
   other half: a pair is classified right when the term score
   (``#B-terms − #A-terms`` present) is higher for B's output than for A's. A one-sided exact
@@ -132,24 +134,61 @@ def validate_terms(
     return n, acc, p
 
 
-def _stat_phrase(test: StatTest | None) -> str:
+_BINARY_PHRASE = {
+    "refusal": "refuses",
+    "accuracy": "is correct",
+    "format": "follows the format",
+}
+
+
+def describe_test(test: StatTest | None, *, with_p: bool = True) -> str:
+    """What one statistic says, in counts a person can check: "B refuses 10/12 vs A 0/12".
+
+    Binary statistics give counts out of the paired prompts tested, length the mean token
+    counts, ``logprob`` the mean per-token divergence; ``with_p`` appends the test's p-value.
+    """
     if test is None or test.n == 0:
         return "changed"
-    if test.stat in ("accuracy", "refusal", "format"):
-        word = {"accuracy": "accuracy", "refusal": "refusal rate", "format": "format compliance"}[
-            test.stat
-        ]
-        arrow = "↑" if test.effect > 0 else "↓"
-        return f"{word} {arrow} ({test.a_value:.0%} → {test.b_value:.0%})"
-    if test.stat == "length":
-        return f"length {'↑' if test.effect > 0 else '↓'} ({test.a_value:.0f} → {test.b_value:.0f} tokens)"
-    return f"outputs diverge ({test.effect:.2f} nats/token)"
+    if test.stat in _BINARY_PHRASE:
+        kb, ka = round(test.b_value * test.n), round(test.a_value * test.n)
+        text = f"B {_BINARY_PHRASE[test.stat]} {kb}/{test.n} vs A {ka}/{test.n}"
+    elif test.stat == "length":
+        text = f"B {test.b_value:.0f} vs A {test.a_value:.0f} tokens on average"
+    elif test.stat == "logprob":
+        text = f"outputs diverge {test.effect:.2f} nats/token"
+    else:
+        text = f"{test.stat} {test.a_value:.3g} → {test.b_value:.3g}"
+    return f"{text} (p={test.p_value:.2g})" if with_p else text
+
+
+def headline_tests(tests: Sequence[StatTest], level: float) -> list[StatTest]:
+    """The statistics that changed in a flagged region, the most readable first.
+
+    A statistic counts when its own Bonferroni-adjusted p-value (``p × m`` over the region's
+    ``m`` tested statistics, the rule the region's p-value uses) is ≤ ``level``. Behavioral
+    statistics (refusal, accuracy, format, length) come before the cross-model divergence,
+    which says only *that* outputs moved; ties go to the smaller p-value. When none passes on
+    its own (possible under online FDR levels), the smallest p-value is returned.
+    """
+    tested = [t for t in tests if t.n > 0]
+    if not tested:
+        return []
+    m = len(tested)
+    fired = [t for t in tested if t.p_value * m <= level]
+    if not fired:
+        fired = [min(tested, key=lambda t: (t.p_value, -abs(t.effect)))]
+    return sorted(fired, key=lambda t: (t.stat == "logprob", t.p_value, -abs(t.effect)))
 
 
 def label_region(
-    a_texts: Sequence[str], b_texts: Sequence[str], top_test: StatTest | None, *, top: int = 3
+    a_texts: Sequence[str],
+    b_texts: Sequence[str],
+    changed: Sequence[StatTest],
+    *,
+    top: int = 3,
 ) -> RegionLabel:
-    """Label from the strongest statistic plus distinctive terms (even pairs), validated on odd pairs."""
+    """Label from the statistics that changed (see :func:`headline_tests`) plus distinctive
+    terms (derived on even pairs, validated on odd pairs)."""
     derive_b, derive_a = list(b_texts[0::2]), list(a_texts[0::2])
     hold_b, hold_a = list(b_texts[1::2]), list(a_texts[1::2])
     b_side, a_side = log_odds_terms(derive_b, derive_a, top=top)
@@ -159,7 +198,7 @@ def label_region(
         if (b_terms or a_terms)
         else (0, None, None)
     )
-    text = _stat_phrase(top_test)
+    text = "; ".join(describe_test(t) for t in changed) or "changed"
     if b_terms:
         text += "; B says " + ", ".join(f"'{w}'" for w in b_terms)
     if a_terms:

@@ -218,6 +218,7 @@ def describe(result: DiffResult) -> dict[str, Any]:
             {
                 "region": r.region,
                 "stat": r.top_stat,
+                "changed_stats": r.changed_stats,
                 "q": r.q_value,
                 "label": r.label.text if r.label else "",
             }

@@ -473,7 +473,10 @@ def behavior_diff(ctx: LoopContext, engine_a: Engine, engine_b: Engine) -> Behav
     )
     flagged = [
         FlaggedRegion(
-            region=r.region, q=r.q_value, stat=r.top_stat, label=r.label.text if r.label else ""
+            region=r.region,
+            q=r.q_value,
+            stat=(r.changed_stats or [r.top_stat])[0],
+            label=r.label.text if r.label else "",
         )
         for r in res.flagged
     ]
