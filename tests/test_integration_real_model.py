@@ -149,80 +149,112 @@ def test_doctor_passes_on_real_model():
     assert any(c.name == "smoke eval" for c in checks)
 
 
-def test_real_loop_one_round_both_arms(tmp_path):
-    """The closed loop on the embedded model: weak areas, self-generated + templated data,
-    LoRA training, paired gate, report; training never sees an evaluation item."""
+def test_real_loop_cli_two_rounds_killed_twice_and_resumed(tmp_path):
+    """``selfimprove run`` on the embedded model through the real CLI, 2 rounds x 2 arms:
+    SIGKILLed mid-training of round 1 and again just after round 1's random gate was
+    marked done, resumed each time. The finished run: weak areas, self-generated +
+    templated data, LoRA training, paired gate, report; training never sees an evaluation
+    item; every eval file holds each planned item once; no orphan folders; the data written
+    before a kill is what was trained on after it; a retired target is never chosen again."""
     import json
-    from pathlib import Path
 
-    from selfimprove.loop import run_loop
+    import yaml
 
-    cfg = load_config(
-        None,
-        {
-            "store": {"root": str(tmp_path / "s")},
-            "generation": {"max_new_tokens": 32},
-            "loop": {
-                "rounds": 1,
-                "budget": 24,
-                "skill_suites": ["arithmetic", "counting"],
-                "sentinel_suites": ["sentinel_math", "general_nll"],
-                "eval_n": 12,
-                "sentinel_n": 8,
-                # 8 items can show non-inferiority only at a margin >= 0.26 (loop refuses less)
-                "gate": {"sentinel_margin": 0.3},
-                "self_data": {"star_k": 2, "max_new_tokens": 24},
-                "train": {"epochs": 1, "batch_size": 8},
-            },
-        },
+    from conftest import run_cli
+    from selfimprove.loop.records import ArmRound, LoopSummary
+
+    store = tmp_path / "s"
+    cfg = tmp_path / "selfimprove.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"root": str(store)},
+                "generation": {"max_new_tokens": 32},
+                "loop": {
+                    "rounds": 2,
+                    "budget": 24,
+                    "skill_suites": ["arithmetic", "counting"],
+                    "sentinel_suites": ["sentinel_math", "general_nll"],
+                    "eval_n": 12,
+                    "sentinel_n": 8,
+                    # 8 items show non-inferiority only at a margin >= 0.26 (loop refuses less)
+                    "gate": {"sentinel_margin": 0.3},
+                    "self_data": {"star_k": 2, "max_new_tokens": 24},
+                    "train": {"epochs": 1, "batch_size": 8},
+                },
+            }
+        )
     )
-    res = run_loop(cfg)
-    run_dir = Path(res.run_dir)
-    assert [(r.round, r.arm) for r in res.rounds] == [(1, "targeted"), (1, "random")]
-    t, r = res.rounds
-    assert t.targets and r.targets == t.targets  # the control is judged on the same categories
-    assert t.n_train == r.n_train == 24  # same example budget in both arms
-    assert t.self_funnel["star_sampled"] == 2 * 6
-    for ar in res.rounds:
-        assert ar.train is not None and ar.gate is not None
-        losses = ar.train.losses
-        assert losses and all(x == x for x in losses)  # finite, recorded
-        assert (run_dir / "adapters" / f"r1_{ar.arm}" / "adapter_model.safetensors").is_file()
-        assert ar.gate.reasons
-    base_hashes = {
-        json.loads(x)["input_hash"]
-        for x in (run_dir / "eval_r0_base.jsonl").read_text().splitlines()
-    }
-    for arm in ("targeted", "random"):
-        rows = [json.loads(x) for x in (run_dir / f"data_r1_{arm}.jsonl").read_text().splitlines()]
-        assert not {x["input_hash"] for x in rows} & base_hashes
-    e = res.summary.efficiency
+    kill = {"SELFIMPROVE_FAULT": "kill:r1_targeted/train"}
+    first = run_cli("run", "--config", cfg, cwd=tmp_path, env=kill, timeout=1800)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    (run_dir,) = (store / "runs").iterdir()
+    done = json.loads((run_dir / "state.json").read_text())["done"]
+    assert "r1_targeted/data" in done and "r1_targeted/train" not in done, done
+    data_before = (run_dir / "data_r1_targeted.jsonl").read_bytes()
+    kill = {"SELFIMPROVE_FAULT": "kill:phase:r1_random/gate"}
+    second = run_cli("run", "--config", cfg, "--resume", run_dir.name, cwd=tmp_path, env=kill,
+                     timeout=1800)  # fmt: skip
+    assert second.returncode == -signal.SIGKILL, second.stdout + second.stderr
+    assert "r1_random/gate" in json.loads((run_dir / "state.json").read_text())["done"]
+    final = run_cli("run", "--config", cfg, "--resume", run_dir.name, cwd=tmp_path, timeout=1800)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert "Traceback" not in final.stdout + final.stderr
+    assert (run_dir / "data_r1_targeted.jsonl").read_bytes() == data_before
+
+    rounds = [
+        ArmRound.model_validate(x)
+        for x in json.loads((run_dir / "summary_rounds.json").read_text())
+    ]
+    summary = LoopSummary.model_validate(RunStore(store).get_run(run_dir.name).summary)
+    assert RunStore(store).get_run(run_dir.name).status == "completed"
+    assert [(r.round, r.arm) for r in rounds] == [
+        (1, "targeted"), (1, "random"), (2, "targeted"), (2, "random")
+    ]  # fmt: skip
+    t1, r1, t2, r2 = rounds
+    for t, r in ((t1, r1), (t2, r2)):
+        assert t.targets and r.targets == t.targets  # the control: the same categories
+        assert t.n_train == r.n_train  # same example budget in both arms
+    assert t1.n_train == 24 and t1.self_funnel["star_sampled"] == 2 * 6
+    for ar in rounds:
+        assert ar.train is not None and ar.gate is not None and ar.gate.reasons
+        assert ar.train.losses and all(x == x for x in ar.train.losses)  # finite, recorded
+        assert (run_dir / "adapters" / ar.tag / "adapter_model.safetensors").is_file()
+        # the gate also tested the non-target skill items (arithmetic/counting outside them)
+        assert ar.gate.collateral is not None and ar.gate.collateral.n > 0
+        assert any("non-target skills" in x for x in ar.gate.reasons)
+        assert ar.train.packed is True  # SmolLM2 passed the packing check
+    assert not [p for p in run_dir.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(x) for x in (run_dir / name).read_text().splitlines() if x.strip()]
+
+    base = rows("eval_r0_base.jsonl")
+    planned = {(x["suite"], x["sample_id"]) for x in base}
+    for ar in rounds:  # each planned item evaluated exactly once per candidate
+        keys = [(x["suite"], x["sample_id"]) for x in rows(f"eval_{ar.tag}.jsonl")]
+        assert len(keys) == len(set(keys)) and set(keys) == planned, ar.tag
+        assert not {x["input_hash"] for x in rows(f"data_{ar.tag}.jsonl")} & {
+            x["input_hash"] for x in base
+        }
+    e = summary.efficiency
     assert e is not None and e.n_items > 0 and e.gain_targeted_ci is not None
     assert (run_dir / "report.html").stat().st_size > 2000
 
-    # learnability bookkeeping on the real model: stalled = targets whose solved count did
-    # not rise, recomputed here from the stored records; the summary lists them as retired
-    # (retirement reads the selection half only: loop/split.py)
+    # learnability bookkeeping: round 1's stalled targets, recomputed here from the stored
+    # selection-half records, are retired and never chosen in round 2
     sel = {tuple(k) for k in json.loads((run_dir / "split.json").read_text())["selection"]}
 
     def solved(name: str) -> dict[str, int]:
-        rows = [json.loads(x) for x in (run_dir / name).read_text().splitlines() if x.strip()]
-        rows = [x for x in rows if (x["suite"], x["sample_id"]) in sel]
+        got = [x for x in rows(name) if (x["suite"], x["sample_id"]) in sel]
         return {
             f"{s}/{c}": sum(
-                bool(x["correct"]) for x in rows if (x["suite"], x["category"]) == (s, c)
+                bool(x["correct"]) for x in got if (x["suite"], x["category"]) == (s, c)
             )
-            for s, c in t.targets
+            for s, c in t1.targets
         }
 
     before, after = solved("eval_r0_base.jsonl"), solved("eval_r1_targeted.jsonl")
-    assert set(t.stalled) == {k for k in before if after[k] <= before[k]}
-    assert set(res.summary.retired_targets) == set(t.stalled)
-    # the gate also tested the non-target skill items (arithmetic/counting outside the targets)
-    for ar in res.rounds:
-        assert ar.gate is not None and ar.train is not None
-        col = ar.gate.collateral
-        assert col is not None and col.n > 0
-        assert any("non-target skills" in x for x in ar.gate.reasons)
-        # SmolLM2 passed the packing check, so training ran on packed batches
-        assert ar.train.packed is True
+    assert set(t1.stalled) == {k for k in before if after[k] <= before[k]}
+    assert set(summary.retired_targets) == set(t1.stalled) | set(t2.stalled)
+    assert not {f"{s}/{c}" for s, c in t2.targets} & set(t1.stalled)

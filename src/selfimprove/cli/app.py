@@ -618,6 +618,90 @@ def runs_show(
     console.print(f"files: {', '.join(files)}")
 
 
+@runs_app.command("pool")
+def runs_pool(
+    run_ids: Annotated[
+        list[str], typer.Argument(help="Ids (or unique prefixes) of loop runs, one per seed.")
+    ],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the pooled result as JSON.")
+    ] = False,
+) -> None:
+    """Pool loop runs that differ only in --seed: per-seed gains on confirmation items, the
+    mean difference of gains (targeted − random) with a t interval, a fixed-effect estimate,
+    and a sign test across seeds (see selfimprove.loop.seeds)."""
+    from rich import box
+
+    from selfimprove.loop.seeds import pool_runs
+    from selfimprove.store import RunStore
+
+    res = pool_runs(RunStore(store_root(config, store)), run_ids)
+    if as_json:
+        console.print_json(res.model_dump_json())
+        return
+
+    def ci(x: float, c: tuple[float, float] | None) -> str:
+        return f"{x:+.1f} [{c[0]:+.1f},{c[1]:+.1f}]" if c else f"{x:+.1f}"
+
+    t = Table(
+        title="Loop over seeds: gains in points on confirmation items",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col, just in (("seed", "right"), ("items", "right"), ("targeted", "left"),
+                      ("random", "left"), ("difference", "left"), ("acc t/r", "right")):  # fmt: skip
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for r in res.rows:
+        t.add_row(
+            str(r.seed),
+            str(r.n_items),
+            ci(r.gain_targeted, r.gain_targeted_ci),
+            ci(r.gain_random, r.gain_random_ci),
+            ci(r.difference, r.difference_ci),
+            f"{r.accepted.get('targeted', 0)}/{r.accepted.get('random', 0)}",
+        )
+    console.print(t)
+    n = res.n_seeds
+    mci = res.mean_difference_ci
+    console.print(
+        f"Mean difference over {n} seed(s): {res.mean_difference:+.1f} points"
+        + (f", 95% t interval [{mci[0]:+.1f}, {mci[1]:+.1f}] (df {n - 1})" if mci else "")
+        + ".",
+        highlight=False,
+    )
+    if res.fixed_effect is not None and res.fixed_effect_ci is not None:
+        lo, hi = res.fixed_effect_ci
+        console.print(
+            f"Fixed-effect estimate: {res.fixed_effect:+.1f} [{lo:+.1f}, {hi:+.1f}] (assumes one "
+            "true difference for every seed; narrower than the t interval).",
+            highlight=False,
+        )
+    if res.sign_test_p is not None:
+        console.print(
+            f"Sign test: {res.n_positive} of {res.n_nonzero} seeds favour targeted, one-sided "
+            f"p = {res.sign_test_p:.3g}.",
+            highlight=False,
+        )
+    worse = [f"seed {r.seed}: {', '.join(r.sentinel_worse)}" for r in res.rows if r.sentinel_worse]
+    console.print(
+        "Sentinels significantly worse in an accepted round: " + ("; ".join(worse) or "none") + ".",
+        highlight=False,
+    )
+    mt, mr = res.mean_gain_targeted, res.mean_gain_random
+    ratio = f"{mt / mr:.2f}×" if mr > 0 else "undefined (random gain ≤ 0)"
+    goal = mt >= 15 and not worse and mr > 0 and mt >= 2 * mr
+    console.print(
+        f"Goal (targets +15 points, no sentinel worse, targeted ≥ 2× random): targeted "
+        f"{mt:+.1f}, random {mr:+.1f}, ratio of mean gains {ratio} → "
+        + ("[bold green]met[/]" if goal else "[bold red]not met[/]")
+        + ".",
+        highlight=False,
+    )
+
+
 def _read_metrics(path: Path) -> list[Any]:
     """A run's ``metrics.json`` as CategoryMetrics, or a StoreError naming the file."""
     from pydantic import ValidationError
