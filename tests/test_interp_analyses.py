@@ -217,8 +217,25 @@ def test_attention_statistics_equal_uniform_attention_exactly(
         ("prev_token", (1 / (t + 1)).mean()),
     ):
         np.testing.assert_allclose(r[name][0], want, rtol=1e-5, err_msg=name)
-    # and on the unmodified model the statistics differ from the uniform ones
+    # Uniform attention cannot tell A[t, t-1] from A[t, t] (both 1/(t+1)); on the unmodified
+    # model every statistic must equal a plain per-position loop over the returned patterns
+    from selfimprove.interp.hooks import eager_attention
+
     r0 = attention_stats(loaded.model, [it], pad_id_of(loaded))
+    with eager_attention(loaded.model), torch.inference_mode():
+        att = loaded.model(input_ids=torch.tensor([it.prompt_ids]), output_attentions=True)
+    T = len(it.prompt_ids)
+    for ly, A in enumerate(att.attentions):
+        A = A[0].double()  # (H, T, T)
+        for h in range(A.shape[0]):
+            rows = [A[h, q, : q + 1] for q in range(1, T)]
+            want = {
+                "entropy": np.mean([float(-(r * r.log()).sum()) for r in rows]),
+                "first_token_mass": np.mean([float(r[0]) for r in rows]),
+                "prev_token": np.mean([float(A[h, q, q - 1]) for q in range(1, T)]),
+            }
+            for name, w in want.items():
+                assert r0[name][0, ly, h] == pytest.approx(w, rel=1e-4, abs=1e-6), (name, ly, h)
     assert not np.allclose(r0["entropy"][0], np.log(t + 1).mean(), rtol=1e-3)
 
 
