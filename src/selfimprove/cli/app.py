@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -702,6 +703,58 @@ def runs_pool(
     )
 
 
+@runs_app.command("export")
+def runs_export(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    to: Annotated[str, typer.Option("--to", help="Tracking backend (only mlflow for now).")] = (
+        "mlflow"
+    ),
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+            "sqlite:///<store>/mlflow.db with artifacts in <store>/mlflow-artifacts).",
+        ),
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "selfimprove",
+    adapters: Annotated[
+        bool, typer.Option("--adapters/--no-adapters", help="Send the LoRA adapters too.")
+    ] = True,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Delete an earlier export of this run first.")
+    ] = False,
+) -> None:
+    """Mirror a stored run into MLflow: params = resolved config, metrics = summary and
+    per-round/arm numbers (training-loss curves by step), artifacts = report, JSON files and
+    adapters. The store stays the source of truth; nothing in it is changed."""
+    from selfimprove.store import RunStore
+    from selfimprove.tracking import MlflowTracker, default_tracking_uri, export_run
+
+    if to != "mlflow":
+        raise ConfigError(f"--to {to!r} is not a tracking backend.\nFix: use --to mlflow.")
+    root = store_root(config, store)
+    uri = tracking_uri or default_tracking_uri(root)
+    res = export_run(
+        RunStore(root),
+        run_id,
+        MlflowTracker(uri, experiment),
+        adapters=adapters,
+        replace=replace,
+    )
+    console.print(
+        f"Exported run {res.run_id} to MLflow run {res.backend_id} ({uri}, experiment "
+        f"{experiment!r}): {res.n_params} params, {res.n_metrics} metric values, "
+        f"{len(res.artifacts)} artifacts"
+        + (f"; replaced {res.replaced}" if res.replaced else "")
+        + f".\nBrowse: mlflow ui --backend-store-uri {uri}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _read_metrics(path: Path) -> list[Any]:
     """A run's ``metrics.json`` as CategoryMetrics, or a StoreError naming the file."""
     from pydantic import ValidationError
@@ -797,7 +850,9 @@ def main() -> None:
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
     except SelfImproveError as e:
-        err_console.print(f"[bold red]Error:[/] {e}", markup=True, highlight=False)
+        # escape: a message may hold brackets ("selfimprove[tracking]", "items[3]") that rich
+        # would otherwise read as markup and drop
+        err_console.print(f"[bold red]Error:[/] {escape(str(e))}", markup=True, highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print(
