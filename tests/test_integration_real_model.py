@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,8 +194,9 @@ def test_real_loop_cli_two_rounds_killed_twice_and_resumed(tmp_path):
     assert "r1_targeted/data" in done and "r1_targeted/train" not in done, done
     data_before = (run_dir / "data_r1_targeted.jsonl").read_bytes()
     kill = {"SELFIMPROVE_FAULT": "kill:phase:r1_random/gate"}
-    second = run_cli("run", "--config", cfg, "--resume", run_dir.name, cwd=tmp_path, env=kill,
-                     timeout=1800)  # fmt: skip
+    second = run_cli(
+        "run", "--config", cfg, "--resume", run_dir.name, cwd=tmp_path, env=kill, timeout=1800
+    )
     assert second.returncode == -signal.SIGKILL, second.stdout + second.stderr
     assert "r1_random/gate" in json.loads((run_dir / "state.json").read_text())["done"]
     final = run_cli("run", "--config", cfg, "--resume", run_dir.name, cwd=tmp_path, timeout=1800)
@@ -209,8 +211,11 @@ def test_real_loop_cli_two_rounds_killed_twice_and_resumed(tmp_path):
     summary = LoopSummary.model_validate(RunStore(store).get_run(run_dir.name).summary)
     assert RunStore(store).get_run(run_dir.name).status == "completed"
     assert [(r.round, r.arm) for r in rounds] == [
-        (1, "targeted"), (1, "random"), (2, "targeted"), (2, "random")
-    ]  # fmt: skip
+        (1, "targeted"),
+        (1, "random"),
+        (2, "targeted"),
+        (2, "random"),
+    ]
     t1, r1, t2, r2 = rounds
     for t, r in ((t1, r1), (t2, r2)):
         assert t.targets and r.targets == t.targets  # the control: the same categories
@@ -259,3 +264,32 @@ def test_real_loop_cli_two_rounds_killed_twice_and_resumed(tmp_path):
     assert set(t1.stalled) == {k for k in before if after[k] <= before[k]}
     assert set(summary.retired_targets) == set(t1.stalled) | set(t2.stalled)
     assert not {f"{s}/{c}" for s, c in t2.targets} & set(t1.stalled)
+    _assert_exports_to_mlflow(store, run_dir, tmp_path)
+
+
+def _assert_exports_to_mlflow(store, run_dir, tmp_path) -> None:
+    """The finished real run mirrors into a local MLflow store: config, per-round metrics,
+    every adapter byte-identical."""
+    import json
+
+    from conftest import run_cli
+
+    mlflow_tracking = pytest.importorskip("mlflow.tracking")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_cli(
+        "runs", "export", run_dir.name, "--store", store, "--tracking-uri", uri, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    c = mlflow_tracking.MlflowClient(tracking_uri=uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("selfimprove").experiment_id])
+    rounds = json.loads((run_dir / "summary_rounds.json").read_text())
+    for r in rounds:
+        hist = c.get_metric_history(run.info.run_id, f"{r['arm']}/gate.accepted")
+        assert {m.step: m.value for m in hist}[r["round"]] == float(r["gate"]["accepted"])
+        tag = f"r{r['round']}_{r['arm']}"
+        (tmp_path / "dl" / tag).mkdir(parents=True)
+        got = Path(
+            c.download_artifacts(run.info.run_id, f"adapters/{tag}", str(tmp_path / "dl" / tag))
+        )
+        want = run_dir / "adapters" / tag / "adapter_model.safetensors"
+        assert (got / "adapter_model.safetensors").read_bytes() == want.read_bytes()

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import assert_clean_error, run_cli
+
+from conftest import assert_clean_error, run_cli
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra is installed by install.sh")
 
