@@ -805,19 +805,57 @@ def suites_show(
 
 @suites_app.command("export")
 def suites_export(
-    name: Annotated[str, typer.Argument(help="Suite name.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
+    name: Annotated[str, typer.Argument(help="Suite name (or task file).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output JSONL file (--format jsonl) or folder (lm-eval)."),
+    ],
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Items per suite.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl: inspect-compatible Samples, one per line. lm-eval: a task folder "
+            "(JSONL data, generate + loglikelihood YAML, our validator as process_results) "
+            "for `lm_eval --include_path OUT --tasks selfimprove_NAME --apply_chat_template`.",
+        ),
+    ] = "jsonl",
+    config: ConfigOpt = None,
 ) -> None:
-    """Write a suite's items as inspect-compatible JSONL (one Sample per line)."""
+    """Write a suite's items for other tools: inspect-compatible JSONL, or an lm-eval task."""
+    from selfimprove.config import load_config
     from selfimprove.evaluate import plan_items, resolve_suites
     from selfimprove.store import atomic_write_text
     from selfimprove.tasks.base import dump_jsonl
+    from selfimprove.tasks.interop import export_lm_eval, lm_eval_task_names
 
+    if fmt not in ("jsonl", "lm-eval"):
+        raise ConfigError(f"--format {fmt!r} is not known.\nFix: use --format jsonl or lm-eval.")
     suites = resolve_suites([name])
-    samples = [s for _su, _t, xs in plan_items(suites, n, seed) for s in xs]
+    plan = plan_items(suites, n, seed)
+    samples = [s for _su, _t, xs in plan for s in xs]
     try:
+        if fmt == "lm-eval":
+            if len(suites) != 1:
+                raise ConfigError(
+                    f"--format lm-eval exports one suite at a time; {name!r} is "
+                    f"{len(suites)} suites.\nFix: export each suite to its own folder."
+                )
+            (suite,) = suites
+            src = name if suite.name == name else str(Path(name).expanduser().resolve())
+            cap = load_config(config).generation.max_new_tokens
+            pairs = [(t, s) for _su, t, xs in plan for s in xs]
+            export_lm_eval(suite, src, pairs, out, max_new_tokens=cap)
+            gen, nll = lm_eval_task_names(suite.name)
+            console.print(
+                f"Wrote {len(samples)} items and tasks {gen}, {nll} to {out}. Run:\n"
+                f"  HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=MODEL_DIR "
+                f"--include_path {out} --tasks {gen} --apply_chat_template",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, dump_jsonl(samples))
     except OSError as e:
