@@ -140,12 +140,107 @@ def test_lm_eval_on_exported_suite_agrees_with_ours(tmp_path: Path) -> None:
     assert theirs_acc == ours_acc
 
 
+def test_inspect_on_exported_suite_agrees_with_ours(tmp_path: Path) -> None:
+    pytest.importorskip("inspect_ai", reason="inspect-ai is installed by scripts/install.sh")
+    from selfimprove.engine import Engine
+    from selfimprove.models import embedded_cache_dir, load_model
+    from selfimprove.runtime import resolve_runtime
+    from selfimprove.tasks.base import Sample
+    from selfimprove.tasks.suites import get_suite
+
+    res = run_cli(
+        "suites",
+        "export",
+        "arithmetic",
+        "--format",
+        "inspect",
+        "-o",
+        tmp_path / "t",
+        "-n",
+        "16",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [json.loads(x) for x in (tmp_path / "t" / "arithmetic.jsonl").read_text().splitlines()]
+    assert len(rows) == 16
+    model_dir = embedded_cache_dir()
+    loaded = load_model("embedded")
+    eng = Engine(loaded, runtime=resolve_runtime(2, "fp32"))
+    tasks = {t.category: t for t in get_suite("arithmetic").tasks}
+    cap = int(
+        (tmp_path / "t" / "selfimprove_arithmetic.py")
+        .read_text()
+        .split("max_tokens=")[1]
+        .split(")")[0]
+    )
+    gens = eng.generate([r["input"] for r in rows], max_new_tokens=cap, stop=(), batch_size=4)
+    ours = {
+        r["id"]: (
+            g.text,
+            tasks[r["metadata"]["category"]]
+            .score(g.text, Sample.model_validate_json(r["metadata"]["sample_json"]))
+            .correct,
+        )
+        for r, g in zip(rows, gens, strict=True)
+    }
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "inspect_ai",
+        "eval",
+        "selfimprove_arithmetic.py",  # inspect 0.3.285 globs: relative paths only
+        "--model",
+        "hf/local",
+        "-M",
+        f"model_path={model_dir}",
+        "-M",
+        "do_sample=false",
+        "-M",
+        "device=cpu",
+        "-M",
+        "dtype=float32",
+        "--max-connections",
+        "4",
+        "--log-format",
+        "json",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--display",
+        "none",
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=tmp_path / "t"
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (log_file,) = (tmp_path / "logs").glob("*.json")
+    log = json.loads(log_file.read_text())
+    assert log["status"] == "success", log.get("error")
+    theirs = {
+        s["id"]: (s["output"]["choices"][0]["message"]["content"], s["scores"])
+        for s in log["samples"]
+    }
+    assert set(theirs) == set(ours)
+    same_text = sum(theirs[k][0] == ours[k][0] for k in ours)
+    acc_theirs = {k: next(iter(v[1].values()))["value"] == "C" for k, v in theirs.items()}
+    print("\nINSPECT", json.dumps({"identical_replies": same_text, "n": len(ours)}))
+    assert same_text == len(ours), {
+        k: (theirs[k][0], ours[k][0]) for k in ours if theirs[k][0] != ours[k][0]
+    }
+    assert acc_theirs == {k: v[1] for k, v in ours.items()}
+
+
 def test_lm_eval_export_refuses_what_it_cannot_express(tmp_path: Path) -> None:
     res = run_cli(
         "suites", "export", "all", "--format", "lm-eval", "-o", tmp_path / "x", cwd=tmp_path
     )
     assert_clean_error(res, "one suite at a time", code=2)
     res = run_cli(
+        "suites", "export", "all", "--format", "inspect", "-o", tmp_path / "y", cwd=tmp_path
+    )
+    assert_clean_error(res, "--format inspect exports one suite at a time", code=2)
+    res = run_cli(
         "suites", "export", "arithmetic", "--format", "csv", "-o", tmp_path / "x", cwd=tmp_path
     )
-    assert_clean_error(res, "--format jsonl or lm-eval", code=2)
+    assert_clean_error(res, "--format jsonl, lm-eval or inspect", code=2)

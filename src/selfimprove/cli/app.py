@@ -808,7 +808,9 @@ def suites_export(
     name: Annotated[str, typer.Argument(help="Suite name (or task file).")],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Output JSONL file (--format jsonl) or folder (lm-eval)."),
+        typer.Option(
+            "--out", "-o", help="Output JSONL file (--format jsonl) or folder (lm-eval, inspect)."
+        ),
     ],
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Items per suite.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
@@ -818,34 +820,55 @@ def suites_export(
             "--format",
             help="jsonl: inspect-compatible Samples, one per line. lm-eval: a task folder "
             "(JSONL data, generate + loglikelihood YAML, our validator as process_results) "
-            "for `lm_eval --include_path OUT --tasks selfimprove_NAME --apply_chat_template`.",
+            "for `lm_eval --include_path OUT --tasks selfimprove_NAME --apply_chat_template`. "
+            "inspect: a folder with an inspect_ai @task file (JSONL data, our validator as "
+            "scorer) for `cd OUT && inspect eval selfimprove_NAME.py --model hf/local "
+            "-M model_path=MODEL_DIR -M do_sample=false`.",
         ),
     ] = "jsonl",
     config: ConfigOpt = None,
 ) -> None:
-    """Write a suite's items for other tools: inspect-compatible JSONL, or an lm-eval task."""
+    """Write a suite's items for other tools: inspect-compatible JSONL, an lm-eval or inspect task."""
     from selfimprove.config import load_config
     from selfimprove.evaluate import plan_items, resolve_suites
     from selfimprove.store import atomic_write_text
     from selfimprove.tasks.base import dump_jsonl
-    from selfimprove.tasks.interop import export_lm_eval, lm_eval_task_names
+    from selfimprove.tasks.interop import (
+        export_inspect,
+        export_lm_eval,
+        inspect_task_name,
+        lm_eval_task_names,
+    )
 
-    if fmt not in ("jsonl", "lm-eval"):
-        raise ConfigError(f"--format {fmt!r} is not known.\nFix: use --format jsonl or lm-eval.")
+    if fmt not in ("jsonl", "lm-eval", "inspect"):
+        raise ConfigError(
+            f"--format {fmt!r} is not known.\nFix: use --format jsonl, lm-eval or inspect."
+        )
     suites = resolve_suites([name])
     plan = plan_items(suites, n, seed)
     samples = [s for _su, _t, xs in plan for s in xs]
     try:
-        if fmt == "lm-eval":
+        if fmt in ("lm-eval", "inspect"):
             if len(suites) != 1:
                 raise ConfigError(
-                    f"--format lm-eval exports one suite at a time; {name!r} is "
+                    f"--format {fmt} exports one suite at a time; {name!r} is "
                     f"{len(suites)} suites.\nFix: export each suite to its own folder."
                 )
             (suite,) = suites
             src = name if suite.name == name else str(Path(name).expanduser().resolve())
             cap = load_config(config).generation.max_new_tokens
             pairs = [(t, s) for _su, t, xs in plan for s in xs]
+            if fmt == "inspect":
+                export_inspect(suite, src, pairs, out, max_new_tokens=cap)
+                py = out / f"{inspect_task_name(suite.name)}.py"
+                console.print(
+                    f"Wrote {len(samples)} items and task {py}. Run:\n"
+                    f"  cd {out} && HF_HUB_OFFLINE=1 inspect eval {py.name} --model hf/local "
+                    "-M model_path=MODEL_DIR -M do_sample=false -M device=cpu",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                return
             export_lm_eval(suite, src, pairs, out, max_new_tokens=cap)
             gen, nll = lm_eval_task_names(suite.name)
             console.print(

@@ -1,4 +1,4 @@
-"""Export suites as lm-evaluation-harness tasks that an unmodified ``lm_eval`` runs offline.
+"""Export suites as tasks that an unmodified ``lm_eval`` or ``inspect eval`` runs offline.
 
 ``selfimprove suites export NAME --format lm-eval -o DIR`` writes into ``DIR``:
 
@@ -26,6 +26,21 @@ SmolLM2) — and per-item generate-mode correctness under
 the same prompt and greedy decoding, once our engine's ``stop_after_answer_line`` is off
 (lm-eval stops only at ``until`` strings and EOS). Only single-turn text prompts and the
 ``generate`` / ``nll`` modes export; anything else is refused with a message.
+
+``selfimprove suites export NAME --format inspect -o DIR`` writes an inspect_ai task:
+
+* ``<suite>.jsonl``: inspect ``Sample`` fields ``id``, ``input``, ``target`` and ``metadata``
+  (``sample_json``, ``category``, ``suite``, ``source``);
+* ``selfimprove_<suite>.py``: a ``@task`` (``json_dataset`` → ``generate()`` → a scorer that
+  calls **our** validator through :func:`score_reply`; metrics ``accuracy``, ``stderr``), with
+  ``max_tokens`` = the task's cap. Run it greedily (inspect's ``hf`` provider samples unless
+  told not to), from inside ``DIR`` (inspect 0.3.285 rejects an absolute task path)::
+
+    cd DIR && HF_HUB_OFFLINE=1 inspect eval selfimprove_<suite>.py --model hf/local \\
+      -M model_path=<model folder> -M do_sample=false -M device=cpu -M dtype=float32
+
+Only ``generate``-mode, single-turn suites export (inspect has no loglikelihood scoring).
+``tests/test_interop.py`` checks per-item replies and correctness against ours.
 """
 
 from __future__ import annotations
@@ -52,17 +67,20 @@ from selfimprove.tasks.interop import process_results  # noqa: F401
 '''
 
 
-def _doc(suite: Suite, source: str, task: Task, s: Sample) -> dict[str, Any]:
+def _doc(
+    suite: Suite, source: str, task: Task, s: Sample, *, tool: str = "lm-eval"
+) -> dict[str, Any]:
+    modes = ("generate", "nll") if tool == "lm-eval" else ("generate",)
     if not isinstance(s.input, str):
         raise TaskError(
-            f"{suite.name}/{s.id}: a multi-turn chat input cannot be an lm-eval document "
-            "(lm-eval sends doc_to_text as one user turn).\nFix: export a suite with plain-text "
+            f"{suite.name}/{s.id}: a multi-turn chat input has no {tool} export yet "
+            "(the exported prompt is one user turn).\nFix: export a suite with plain-text "
             "prompts, or use --format jsonl."
         )
-    if task.mode not in ("generate", "nll"):
+    if task.mode not in modes:
         raise TaskError(
-            f"{suite.name}/{task.category}: mode {task.mode!r} has no lm-eval export yet "
-            "(generate and nll do).\nFix: use --format jsonl for this suite."
+            f"{suite.name}/{task.category}: mode {task.mode!r} has no {tool} export yet "
+            f"({' and '.join(modes)} do).\nFix: use --format jsonl for this suite."
         )
     # the Sample travels as one JSON string: `datasets` would unify the per-category
     # metadata dicts into one Arrow struct (adding null keys, changing what validators read)
@@ -174,3 +192,92 @@ def process_results(doc: dict[str, Any], results: Sequence[Any]) -> dict[str, fl
     reply = results[0] if isinstance(results[0], str) else str(results[0][0])
     sc = _task_for(doc).score(reply, sample)
     return {"acc": float(sc.correct), "format_ok": float(sc.format_ok)}
+
+
+def score_reply(metadata: dict[str, Any], reply: str) -> tuple[bool, bool]:
+    """``(correct, format_ok)`` of ``reply`` under our validator; ``metadata`` as exported."""
+    sample = Sample.model_validate_json(metadata["sample_json"])
+    sc = _task_for(metadata).score(reply, sample)
+    return bool(sc.correct), bool(sc.format_ok)
+
+
+INSPECT_TASK_PY = '''"""inspect_ai task written by `selfimprove suites export --format inspect`.
+
+Items are scored by selfimprove's own validators (it must be installed here). Run greedily,
+from this folder (inspect rejects an absolute task path):
+
+    HF_HUB_OFFLINE=1 inspect eval {file} --model hf/local \\
+      -M model_path=MODEL_DIR -M do_sample=false -M device=cpu -M dtype=float32
+"""
+
+from pathlib import Path
+
+from inspect_ai import Task, task
+from inspect_ai.dataset import json_dataset
+from inspect_ai.model import GenerateConfig
+from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, scorer, stderr
+from inspect_ai.solver import TaskState, generate
+
+from selfimprove.tasks.interop import score_reply
+
+DATA = Path(__file__).with_name({data!r})
+
+
+@scorer(metrics=[accuracy(), stderr()])
+def selfimprove_validator():
+    async def score(state: TaskState, target: Target) -> Score:
+        reply = state.output.completion
+        correct, format_ok = score_reply(state.metadata, reply)
+        return Score(
+            value=CORRECT if correct else INCORRECT,
+            answer=reply,
+            metadata={{"format_ok": format_ok}},
+        )
+
+    return score
+
+
+@task
+def {name}():
+    return Task(
+        dataset=json_dataset(str(DATA)),
+        solver=generate(),
+        scorer=selfimprove_validator(),
+        config=GenerateConfig(max_tokens={cap}),
+    )
+'''
+
+
+def inspect_task_name(suite: str) -> str:
+    """Name of the ``@task`` (and its file's stem) of an exported suite."""
+    return f"selfimprove_{suite}"
+
+
+def export_inspect(
+    suite: Suite,
+    source: str,
+    items: Sequence[tuple[Task, Sample]],
+    folder: str | Path,
+    *,
+    max_new_tokens: int,
+) -> list[Path]:
+    """Write the inspect_ai task folder for one suite (see the module docstring); returns paths."""
+    from selfimprove.store import atomic_write_text
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for t, s in items:
+        d = _doc(suite, source, t, s, tool="inspect")
+        meta = {k: d[k] for k in ("sample_json", "category", "suite", "source")}
+        rows.append({"id": d["id"], "input": d["input"], "target": d["target"], "metadata": meta})
+    data = out / f"{suite.name}.jsonl"
+    atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    caps = {t.max_new_tokens or max_new_tokens for t, _ in items}
+    name = inspect_task_name(suite.name)
+    py = out / f"{name}.py"
+    text = INSPECT_TASK_PY.format(
+        file=py.name, data=data.name, name=name, cap=max(caps) if caps else max_new_tokens
+    )
+    atomic_write_text(py, text)
+    return [data, py]
