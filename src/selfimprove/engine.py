@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfimprove import prompts
+from selfimprove.errors import ConfigError
 from selfimprove.models import LoadedModel
 from selfimprove.runtime import Runtime, no_grad_eval, resolve_runtime
 from selfimprove.tasks.base import ChatMessage
@@ -98,7 +100,11 @@ class Engine:
         loaded: the model and tokenizer (see :func:`selfimprove.models.load_model`).
         runtime: threads/dtype policy; resolved with defaults when ``None``.
         use_chat_template: format prompts with the tokenizer's chat template (default: when
-            the tokenizer has one).
+            the tokenizer has one). Kept for callers that predate ``prompt_format``.
+        prompt_format: ``auto`` (``chat`` when the tokenizer has a template, else
+            ``plain``), ``chat``, or a base-model format ``plain`` / ``cue`` / ``urial`` (see
+            :mod:`selfimprove.prompts`; base formats add their stop strings to every
+            generation). ``chat`` is refused for a base model (``loaded.base``).
         system_prompt: optional system message prepended to chat prompts.
         share_prefix: prefill the batch's common token prefix once (exact up to float
             rounding; turn off to compare with a plain left-padded prefill).
@@ -113,13 +119,15 @@ class Engine:
         system_prompt: str | None = None,
         share_prefix: bool = True,
         prefill_rows: int = 8,
+        prompt_format: str = "auto",
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.runtime = runtime or resolve_runtime()
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self.prompt_format = _resolve_format(loaded, prompt_format, use_chat_template)
+        self.use_chat_template = self.prompt_format == "chat"
+        self.format_stops = prompts.stops(self.prompt_format)
         self.system_prompt = system_prompt
         self.share_prefix = share_prefix
         self.prefill_rows = prefill_rows
@@ -136,11 +144,11 @@ class Engine:
     # ------------------------------------------------------------------ prompts
     def format_prompt(self, prompt: Prompt) -> str:
         """The exact text fed to the model for ``prompt`` (chat template applied if used)."""
-        if isinstance(prompt, str) and not self.use_chat_template:
+        if isinstance(prompt, str) and self.prompt_format == "plain":
             return prompt
         msgs = _as_messages(prompt)
         if not self.use_chat_template:
-            return "\n".join(m["content"] for m in msgs) + "\n"
+            return prompts.render(self.prompt_format, msgs)
         if self.system_prompt and msgs[0]["role"] != "system":
             msgs = [{"role": "system", "content": self.system_prompt}, *msgs]
         return str(
@@ -193,7 +201,7 @@ class Engine:
                     [ids[i] for i in chunk],
                     chunk,
                     caps=[caps[i] for i in chunk],
-                    stop=stop,
+                    stop=[*stop, *self.format_stops],
                     temperature=temperature,
                     top_p=top_p,
                     seed=seed,
@@ -540,6 +548,28 @@ def _as_messages(prompt: Prompt) -> list[dict[str, str]]:
         else:
             msgs.append({"role": str(m["role"]), "content": str(m["content"])})
     return msgs
+
+
+def _resolve_format(loaded: Any, fmt: str, use_chat_template: bool | None) -> str:
+    """The prompt format an engine uses (see :class:`Engine`)."""
+    if fmt not in prompts.PROMPT_FORMATS:
+        raise ConfigError(f"unknown prompt format {fmt!r}; choose one of {prompts.PROMPT_FORMATS}")
+    has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
+    base = bool(getattr(loaded, "base", False))
+    if fmt == "auto":
+        chat = has_template if use_chat_template is None else use_chat_template
+        fmt = "chat" if chat and not base else "plain"
+    if fmt == "chat" and base:
+        raise ConfigError(
+            f"{loaded.name} is a base model: it is never prompted through a chat template "
+            f"(contamination guard). Use a base prompt format: {', '.join(prompts.BASE_FORMATS)}."
+        )
+    if fmt == "chat" and not has_template:
+        raise ConfigError(
+            f"{loaded.name}'s tokenizer has no chat template, so prompt format 'chat' cannot "
+            "apply. Fix: use --prompt-format plain, cue or urial (or auto)."
+        )
+    return fmt
 
 
 def _apply_stops(text: str, stops: Sequence[Stop]) -> str | None:

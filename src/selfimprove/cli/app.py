@@ -86,7 +86,19 @@ StoreOpt = Annotated[
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m", help="'embedded', a local model folder, a hub id, or tiny-llama."
+        "--model",
+        "-m",
+        help="'embedded' (SmolLM2-135M-Instruct), 'gemma-base' (Gemma 3 270M pretrained "
+        "base), a local model folder, a hub id, or tiny-llama.",
+    ),
+]
+PromptFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt-format",
+        help="How prompts are written: auto (chat template if the tokenizer has one, else "
+        "plain), chat, or a base-model format: plain, cue ('Instruction: ... Response:'), "
+        "urial (3-shot in-context alignment, the baseline a base model is measured against).",
     ),
 ]
 ThreadsOpt = Annotated[
@@ -221,6 +233,7 @@ def eval_cmd(
     adapter: Annotated[
         str | None, typer.Option(help="PEFT adapter folder to apply on top of the model.")
     ] = None,
+    prompt_format: PromptFormatOpt = None,
     suites: Annotated[
         str | None,
         typer.Option(
@@ -256,7 +269,7 @@ def eval_cmd(
     from selfimprove.evaluate import run_evaluation
 
     overrides = {
-        "model": {"name": model, "adapter": adapter},
+        "model": {"name": model, "adapter": adapter, "prompt_format": prompt_format},
         "eval": {
             "suites": split_csv(suites),
             "n": n,
@@ -268,7 +281,8 @@ def eval_cmd(
     }
     if resume is not None:
         _refuse_on_resume(
-            {"--model": model, "--adapter": adapter, "--suites": suites, "--n": n,
+            {"--model": model, "--adapter": adapter, "--prompt-format": prompt_format,
+             "--suites": suites, "--n": n,
              "--seed": seed, "--batch-size": batch_size, "--max-new-tokens": max_new_tokens,
              "--dtype": dtype}
         )  # fmt: skip

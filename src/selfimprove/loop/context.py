@@ -108,6 +108,7 @@ class LoopContext:
             with_adapter(self.base, adapter),
             runtime=self.runtime,
             system_prompt=self.cfg.model.system_prompt,
+            prompt_format=self.cfg.model.prompt_format,
         )
 
     def arm_round(self, rnd: int, arm: str) -> ArmRound:

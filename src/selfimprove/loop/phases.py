@@ -349,6 +349,7 @@ def train(ctx: LoopContext, ar: ArmRound, rows: list[TrainExample]) -> None:
         runtime=ctx.runtime,
         batch_size=ctx.cfg.generation.batch_size,
         system_prompt=ctx.cfg.model.system_prompt,
+        prompt_format=ctx.cfg.model.prompt_format,
     )
     keep_rounds = (
         {
@@ -388,6 +389,7 @@ def train(ctx: LoopContext, ar: ArmRound, rows: list[TrainExample]) -> None:
         never_train=ctx.registry,
         progress=step_progress(ctx.hook, "train", fault_point=f"{ar.tag}/train"),
         system_prompt=ctx.cfg.model.system_prompt,
+        prompt_format=ctx.cfg.model.prompt_format,
     )
     ar.train = TrainRound(
         **res.model_dump(),

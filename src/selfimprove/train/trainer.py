@@ -674,6 +674,7 @@ def apply_weight_policy(
     runtime: Runtime | None = None,
     batch_size: int = 16,
     system_prompt: str | None = None,
+    prompt_format: str = "auto",
 ) -> list[TrainExample]:
     """Multiply each example's ``weight`` by its ``cfg.weight_policy`` weight.
 
@@ -686,7 +687,9 @@ def apply_weight_policy(
     """
     if cfg.weight_policy == "uniform":
         return list(examples)
-    engine = Engine(loaded, runtime=runtime, system_prompt=system_prompt)
+    engine = Engine(
+        loaded, runtime=runtime, system_prompt=system_prompt, prompt_format=prompt_format
+    )
     scores = engine.continuation_nll(
         [ex.prompt for ex in examples], [ex.completion for ex in examples], batch_size=batch_size
     )
@@ -747,6 +750,7 @@ def train_lora(
     never_train: NeverTrainRegistry | None = None,
     progress: ProgressCallbackFn | None = None,
     system_prompt: str | None = None,
+    prompt_format: str = "auto",
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``.
 
@@ -764,6 +768,7 @@ def train_lora(
         runtime: threads/dtype; ``bf16`` trains under bf16 autocast (weights stay fp32).
         never_train: registry of evaluation items that must not be trained on.
         progress: called as ``progress(step, total_steps)`` after each optimizer step.
+        prompt_format: the evaluation engine's prompt format (see :mod:`selfimprove.prompts`).
         system_prompt: the system message the evaluation engine uses (so training sees the
             same chat text as evaluation).
 
@@ -776,7 +781,9 @@ def train_lora(
     out_dir = Path(out_dir)
     runtime = runtime or resolve_runtime()
     # for its chat formatting and pad id only
-    engine = Engine(loaded, runtime=runtime, system_prompt=system_prompt)
+    engine = Engine(
+        loaded, runtime=runtime, system_prompt=system_prompt, prompt_format=prompt_format
+    )
     dataset = _checked_dataset(loaded, examples, cfg, engine, never_train)
     weights = [r["weight"] for r in dataset.rows]
 
