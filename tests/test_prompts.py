@@ -7,8 +7,8 @@ import dataclasses
 import json
 
 import pytest
-from conftest import assert_clean_error, run_cli
 
+from conftest import assert_clean_error, run_cli
 from selfimprove import models, prompts
 from selfimprove.engine import Engine
 from selfimprove.errors import ConfigError, ModelLoadError
