@@ -51,6 +51,17 @@ def test_base_prompts_carry_one_bos_and_no_template_token(gemma):
             assert not template_ids & set(ids), fmt
 
 
+def test_batched_greedy_equals_per_item_on_gemma(gemma):
+    """Gemma 3 mixes sliding-window and full-attention layers: the engine's shared-prefix,
+    left-padded batches must still give each row the tokens it gets alone (fp32)."""
+    items = [x for _su, _t, xs in plan_items(resolve_suites(["arithmetic"]), 4, 1) for x in xs]
+    eng = Engine(gemma, runtime=resolve_runtime(None, "fp32"), prompt_format="urial")
+    prompts = [s.messages() for s in items]
+    batched = eng.generate(prompts, max_new_tokens=12, batch_size=len(prompts))
+    single = [eng.generate([p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+
+
 def test_cue_format_ends_replies_where_plain_runs_on(gemma):
     """The in-context format cue is what makes a base model answer and stop: under `cue`
     most replies end (answer line or the format's stop) before the cap; under `plain` the
@@ -76,6 +87,7 @@ def test_cli_eval_on_the_base_model_records_its_prompt_format(tmp_path):
     [run] = [p for p in (tmp_path / "store" / "runs").iterdir() if p.is_dir()]
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["prompt_format"] == "cue" and config["model"]["name"] == "gemma-base"
-    assert "gemma3-270m-base" in res.stdout
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["model_source"] == "gguf:gemma3-270m-base", provenance
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["output"] is not None for r in records)

@@ -295,7 +295,11 @@ def eval_cmd(
     if as_json:
         console.print_json(json.dumps([m.model_dump(mode="json") for m in result.metrics]))
     else:
-        console.print(metrics_table(result.metrics, f"{result.model} — {result.n_records} items"))
+        fmt = cfg.model.prompt_format
+        title = f"{result.model} — {result.n_records} items" + (
+            f" — prompt format {fmt}" if fmt != "auto" else ""
+        )
+        console.print(metrics_table(result.metrics, title))
     console.print(
         f"Run [bold]{result.run_id}[/] saved to {result.run_dir}  "
         f"({result.seconds:.0f}s, {result.runtime['dtype']}, {result.runtime['threads']} threads)"
