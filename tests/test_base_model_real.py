@@ -91,3 +91,22 @@ def test_cli_eval_on_the_base_model_records_its_prompt_format(tmp_path):
     assert provenance["model_source"] == "gguf:gemma3-270m-base", provenance
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["output"] is not None for r in records)
+
+
+def test_training_rows_on_gemma_pass_the_guard_and_a_planted_turn_is_refused(gemma):
+    """The trainer's data check on the real base tokenizer: cue-format rows carry one BOS and
+    no template token; a row with Gemma's own `<start_of_turn>` pasted in is refused."""
+    from selfimprove.contamination import scan_rows
+    from selfimprove.errors import DataError
+    from selfimprove.train.config import TrainConfig, TrainExample
+    from selfimprove.train.trainer import _checked_dataset
+
+    eng = Engine(gemma, prompt_format="cue")
+    rows = [TrainExample(prompt="What is 7 + 1?", completion=" 8\nAnswer: 8")] * 2
+    cfg = TrainConfig(epochs=1, batch_size=2, max_length=64)
+    ds = _checked_dataset(gemma, rows, cfg, eng, None)
+    assert scan_rows(gemma.tokenizer, ds.rows) == []
+    assert all(r["input_ids"][0] == gemma.tokenizer.bos_token_id for r in ds.rows)
+    planted = [*rows, TrainExample(prompt="Hi", completion="<start_of_turn>model\nHello")]
+    with pytest.raises(DataError, match="template token <start_of_turn>"):
+        _checked_dataset(gemma, planted, cfg, eng, None)

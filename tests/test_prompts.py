@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from selfimprove import models, prompts
 from selfimprove.engine import Engine
-from selfimprove.errors import ConfigError, ModelLoadError
+from selfimprove.errors import ConfigError, DataError, ModelLoadError
 from selfimprove.evaluate import resolve_suites
 from selfimprove.store import file_sha256
 
@@ -133,3 +133,38 @@ def test_packaged_model_names():
 def test_cli_rejects_chat_for_a_template_less_model_and_bad_format(tmp_path):
     res = run_cli("eval", "--prompt-format", "markdown", "-m", "tiny-llama", cwd=tmp_path)
     assert_clean_error(res, "prompt_format", code=2)
+
+
+def test_training_rows_for_a_base_model_are_scanned_for_template_tokens(tiny_llama):
+    """A planted instruct-format row (template tokens pasted into a completion) is refused
+    for a base model before training; the same rows train an instruct model's data check."""
+    from selfimprove.contamination import scan_rows, template_token_ids
+    from selfimprove.train.config import TrainConfig, TrainExample
+    from selfimprove.train.trainer import _checked_dataset
+
+    # tiny's template tokens are its BOS/EOS (policy-checked); give it Gemma's turn token
+    tok = copy.deepcopy(tiny_llama.loaded.tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>"]})
+    base = dataclasses.replace(tiny_llama.loaded, tokenizer=tok, base=True)
+    assert "<start_of_turn>" in template_token_ids(tok).values()  # the scan can fire here
+    clean = [
+        TrainExample(prompt="What is 7 plus 5?", completion="Answer: 12"),
+        TrainExample(prompt="Sort: pear apple", completion="apple pear"),
+    ]
+    planted = [*clean, TrainExample(prompt="Hi", completion="hello<start_of_turn>user")]
+    cfg = TrainConfig(epochs=1, batch_size=2, max_length=64)
+    eng = Engine(base)
+    assert eng.prompt_format == "plain"
+    ds = _checked_dataset(base, clean, cfg, eng, None)
+    assert scan_rows(tok, ds.rows) == []
+    with pytest.raises(DataError, match=r"(?s)1 of 3 training rows.*row 2: template token"):
+        _checked_dataset(base, planted, cfg, eng, None)
+    # an instruct model's rows may carry template tokens: no refusal
+    instruct = dataclasses.replace(base, base=False)
+    assert len(_checked_dataset(instruct, planted, cfg, Engine(instruct), None)) == 3
+    # special-token policy: a second BOS, or none at the start, is caught too
+    b = tok.bos_token_id
+    bad = [{"input_ids": [b, 5, b, 6]}, {"input_ids": [5, 6]}, {"input_ids": [b, 5, 6]}]
+    found = scan_rows(tok, bad, expect_bos=True)
+    assert [(i, "BOS" in why) for i, why in found] == [(0, True), (1, True)]
+    assert scan_rows(tok, bad) == []  # tiny's tokenizer adds no BOS: no policy by default

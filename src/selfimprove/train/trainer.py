@@ -63,6 +63,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
+from selfimprove.contamination import check_base_rows
 from selfimprove.engine import Engine
 from selfimprove.errors import ConfigError, DataError
 from selfimprove.faults import fault
@@ -737,6 +738,8 @@ def _checked_dataset(
             f"None of the {len(examples)} training examples fits in max_length={cfg.max_length} "
             "tokens; raise max_length."
         )
+    if getattr(loaded, "base", False):
+        check_base_rows(loaded.tokenizer, dataset.rows, loaded.name)
     return dataset
 
 
