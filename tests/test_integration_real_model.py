@@ -182,6 +182,10 @@ def test_real_loop_cli_two_rounds_killed_twice_and_resumed(tmp_path):
                     "gate": {"sentinel_margin": 0.3},
                     "self_data": {"star_k": 2, "max_new_tokens": 24},
                     "train": {"epochs": 1, "batch_size": 8},
+                    # fewer replay rows and text anchors than the defaults (32, 40): both
+                    # still run, at a third of the training rows (CI time)
+                    "replay": 8,
+                    "anchor_text": 8,
                 },
             }
         )
