@@ -16,15 +16,18 @@ SENTINEL = [
     "benign_control",
     "general_nll",
 ]
+CURRICULUM = ["instructions"]
 
 
 def test_suite_names_and_sentinel_flags() -> None:
     suites = {s.name: s for s in list_suites()}
-    assert list(suites) == suite_names() == SKILL + SENTINEL
+    assert list(suites) == suite_names() == SKILL + SENTINEL + CURRICULUM
     for name in SKILL:
-        assert not suites[name].sentinel
+        assert not suites[name].sentinel and not suites[name].curriculum
     for name in SENTINEL:
         assert suites[name].sentinel
+    for name in CURRICULUM:
+        assert suites[name].curriculum and not suites[name].sentinel
     for suite in suites.values():
         assert suite.description
         names = [t.name for t in suite.tasks]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfimprove.curriculum.config import CurriculumConfig
 from selfimprove.diff.run_config import DiffRunConfig
 from selfimprove.errors import ConfigError
 from selfimprove.interp.runner_config import InterpConfig
@@ -105,6 +106,7 @@ class Config(_Section):
     loop: LoopConfig = LoopConfig()
     diff: DiffRunConfig = Field(default_factory=DiffRunConfig)
     interp: InterpConfig = Field(default_factory=InterpConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

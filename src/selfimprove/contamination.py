@@ -85,3 +85,37 @@ def check_base_rows(tokenizer: Any, rows: Sequence[dict[str, Any]], model_name: 
             "data without a chat template (string prompts, prompt_format plain/cue/urial) and "
             "drop rows pasted from instruct-model transcripts."
         )
+
+
+def check_provenance(
+    rows: Sequence[Any], allowed: dict[str, str], *, where: str = "training data"
+) -> None:
+    """Every row was written by a model of the chain (or by code), never by another model.
+
+    ``rows`` are :class:`~selfimprove.train.TrainExample`; ``allowed`` maps the weight hashes
+    of the models that may write data (the base and each accepted stage) to their names. A
+    row whose ``generator`` is another hash — an instruct model's reply, text pasted from
+    another run — is refused, so a curriculum's data provably comes from the base model and
+    what it became (the alignment-handbook CAI recipe trains a base on instruct-model text:
+    that is distillation, not bootstrapping). ``generator == ""`` marks text written by code
+    (a task generator's reference), which is allowed.
+
+    Raises:
+        DataError: naming the first offending rows and their generators.
+    """
+    bad = [
+        (getattr(r, "id", "") or f"row[{i}]", r.generator)
+        for i, r in enumerate(rows)
+        if r.generator and r.generator not in allowed
+    ]
+    if bad:
+        shown = ", ".join(f"{rid} (generator {gen})" for rid, gen in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"{where}: {len(bad)} row(s) were written by a model outside this run's chain "
+            f"({shown}{more}); allowed writers: "
+            + ", ".join(f"{name} ({h})" for h, name in allowed.items())
+            + ".\nFix: keep only rows the base model or an accepted stage wrote; rows from "
+            "another (e.g. instruct) model would make the result distillation, not "
+            "bootstrapping."
+        )

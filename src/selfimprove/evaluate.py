@@ -357,6 +357,48 @@ def evaluate_to_store(
         fault("eval:batch")
 
 
+def evaluate_resumable(
+    engine: Engine,
+    items: Sequence[Item],
+    store: RunStore,
+    run_id: str,
+    fname: str,
+    gen: Any,
+    *,
+    seed: int,
+    hook: ProgressHook,
+    reference_nll: bool = True,
+    planned: Sequence[Item] | None = None,
+) -> list[EvalRecord]:
+    """Evaluate ``items`` into the run's ``fname`` in chunks, skipping items already stored.
+
+    The one resumable evaluation step of the loop's and the curriculum's phases: records
+    already in the file (a killed run's finished chunks) are checked against the planned
+    items (``planned``, default ``items``; :func:`check_unchanged_items`) and kept; only the
+    rest is evaluated. Returns every record in the file.
+    """
+    path = store.run_dir(run_id) / fname
+    have = store.read_records(run_id, fname, skip_corrupt=True) if path.is_file() else []
+    check_unchanged_items(have, items if planned is None else planned, f"run {run_id}, {fname}")
+    done = {(str(r["suite"]), str(r["sample_id"])) for r in have}
+    todo = [it for it in items if (it[0], it[2].id) not in done]
+    hook.start(len(todo), fname.removesuffix(".jsonl"))
+    evaluate_to_store(
+        engine,
+        todo,
+        store,
+        run_id,
+        fname,
+        gen,
+        seed=seed,
+        reference_nll=reference_nll,
+        progress=hook.advance,
+    )
+    return [
+        EvalRecord.model_validate(r) for r in store.read_records(run_id, fname, skip_corrupt=True)
+    ]
+
+
 def register_eval_items(store: RunStore, plan: Sequence[Any]) -> NeverTrainRegistry:
     """Add every planned evaluation item to ``<store>/never_train.json`` (atomic, locked against
     runs registering at the same time) and return the registry, which training code checks so no evaluation item is ever trained on."""
@@ -441,10 +483,11 @@ def resolve_suites(names: Sequence[str]) -> list[Any]:
     from selfimprove.tasks.importers import load_suite_file
     from selfimprove.tasks.suites import get_suite, list_suites
 
+    grouped = [s for s in list_suites() if not s.curriculum]  # curriculum pools: by name
     groups = {
-        "all": [s.name for s in list_suites()],
-        "skills": [s.name for s in list_suites() if not s.sentinel],
-        "sentinels": [s.name for s in list_suites() if s.sentinel],
+        "all": [s.name for s in grouped],
+        "skills": [s.name for s in grouped if not s.sentinel],
+        "sentinels": [s.name for s in grouped if s.sentinel],
     }
     expanded = [x for name in names for x in groups.get(name, [name])]
     out = []

@@ -117,6 +117,9 @@ def _bar_chart(title: str, rows: list[tuple[str, float, float, float]], width: i
     return "".join(parts)
 
 
+bar_chart = _bar_chart  # shared with the curriculum report
+
+
 def _self_funnel(f: dict[str, int]) -> str:
     if not f:
         return "none"

@@ -516,6 +516,113 @@ def sweep(
 
 
 @app.command()
+def curriculum(
+    stages: Annotated[
+        str | None,
+        typer.Option(help="Stages to run: 1-2, 1 or 2 (3-6 are not built yet). Default 1-2."),
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The base model (default gemma-base: the packaged pretrained Gemma 3 270M)."
+        ),
+    ] = None,
+    kinds: Annotated[
+        str | None,
+        typer.Option(help="Stage 1 instruction kinds, comma-separated (default all 11)."),
+    ] = None,
+    pool_n: Annotated[
+        int | None, typer.Option(help="Pool items per category the writer answers.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Sampled replies per pool item.")] = None,
+    eval_n: Annotated[int | None, typer.Option(help="Held-out items per category.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for items, sampling and training.")] = None,
+    threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
+    store: StoreOpt = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a killed curriculum run (id or prefix); finished phases are kept."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Staged post-training of a base model: each stage's model writes the next stage's data.
+
+    Stage 1 teaches explicit instructions (verifiable constraints), stage 2 implicit ones
+    (questions). Per stage: the writer samples replies, validators keep the right ones, LoRA
+    trains on them, and a gate accepts the stage only if it beats both the previous model and
+    the base model's in-context baseline (URIAL) on held-out items, with no sentinel worse.
+    """
+    _verbosity(verbose)
+    from selfimprove.config import load_config
+    from selfimprove.curriculum import parse_stages, run_curriculum
+
+    if resume is not None:
+        _refuse_on_resume(
+            {"--stages": stages, "--model": model, "--kinds": kinds, "--pool-n": pool_n,
+             "--samples": samples, "--eval-n": eval_n, "--seed": seed, "--dtype": dtype}
+        )  # fmt: skip
+    overrides = {
+        "curriculum": {
+            "stages": parse_stages(stages) if stages else None,
+            "kinds": split_csv(kinds),
+            "pool_n": pool_n,
+            "samples": samples,
+            "eval_n": eval_n,
+            "seed": seed,
+        },
+        "runtime": {"threads": threads, "dtype": dtype},
+        "store": {"root": store},
+    }
+    cfg = load_config(config, overrides)
+    if model is not None or cfg.model.name == "embedded":
+        cfg = cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"name": model or "gemma-base"})}
+        )
+    hook = RichHook()
+    try:
+        res = run_curriculum(cfg, resume=resume, hook=hook)
+    finally:
+        hook.close()
+    if as_json:
+        console.print_json(json.dumps(res))
+        return
+    t = Table(title="Curriculum stages (held-out items; accuracy % [95% CI], ended %)")
+    for c in (
+        "stage",
+        "rows",
+        "in-context baseline",
+        "previous",
+        "stage model",
+        "vs baseline",
+        "gate",
+    ):
+        t.add_column(c, overflow="fold")
+    for s in res["stages"]:
+        sc = {
+            i: f"{m['accuracy']:.1%} [{m['ci'][0]:.0%}, {m['ci'][1]:.0%}], {m['ended']:.0%}"
+            for i, m in enumerate(s["scores"])
+        }
+        vb = s.get("vs_baseline")
+        t.add_row(
+            f"{s['number']} {s['name']}",
+            str(s["n_train"]),
+            sc.get(0, "–"),
+            sc.get(1, "–"),
+            sc.get(2, "–"),
+            "–" if not vb else f"{vb['delta']:+.1%} p={vb['p_value']:.2g}",
+            "[green]accept[/]" if s["accepted"] else "[red]reject[/]",
+        )
+    console.print(t)
+    console.print(f"Report: {res['report']}")
+    console.print(f"Run [bold]{res['run_id']}[/] saved to {res['run_dir']}")
+
+
+@app.command()
 def search(
     name: Annotated[str, typer.Option(help="Study name; rerunning a name resumes it.")] = "default",
     trials: Annotated[int, typer.Option(help="Proxy trials in total (finished ones count).")] = 12,
@@ -538,10 +645,12 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Search loop strategies with Optuna (ask/tell, TPE): proxy trials paired against the
-    default strategy on the same seeds, the best promoted to full-size runs on new seeds, each
-    judged by the targeted gain on confirmation items. Resumable; the journal file opens in
-    optuna-dashboard (see selfimprove.search)."""
+    """Search loop strategies with Optuna (ask/tell, TPE), judged on confirmation items.
+
+    Proxy trials are paired against the default strategy on the same seeds, the best are
+    promoted to full-size runs on new seeds, each judged by the targeted gain on confirmation
+    items. Resumable; the journal file opens in optuna-dashboard (see selfimprove.search).
+    """
     _verbosity(verbose)
     from selfimprove.config import load_config
     from selfimprove.search import KNOBS, SearchConfig, run_search
@@ -938,7 +1047,8 @@ def suites_list() -> None:
         t.add_column(c)
     for s in list_suites():
         cats = ", ".join(task.category for task in s.tasks)
-        t.add_row(s.name, "sentinel" if s.sentinel else "skill", cats, s.description)
+        kind = "curriculum" if s.curriculum else "sentinel" if s.sentinel else "skill"
+        t.add_row(s.name, kind, cats, s.description)
     console.print(t)
 
 

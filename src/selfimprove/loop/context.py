@@ -10,6 +10,7 @@ are marked done only after their artifact is written, so a resumed run skips the
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +33,16 @@ if TYPE_CHECKING:
 
 
 class PhaseState:
-    """Phase bookkeeping in ``state.json`` (atomic rewrite after every phase)."""
+    """Phase bookkeeping in ``state.json`` (atomic rewrite after every phase).
 
-    def __init__(self, run_dir: Path) -> None:
+    ``model`` is the state's pydantic class (the loop's :class:`LoopState`, the curriculum's
+    own); it needs a ``done: list[str]`` field.
+    """
+
+    def __init__(self, run_dir: Path, model: type[Any] = LoopState) -> None:
         self.path = run_dir / "state.json"
         self.state = (
-            LoopState.model_validate_json(self.path.read_text())
-            if self.path.is_file()
-            else LoopState()
+            model.model_validate_json(self.path.read_text()) if self.path.is_file() else model()
         )
 
     def done(self, name: str) -> bool:
@@ -63,9 +66,7 @@ def with_adapter(base: LoadedModel, adapter: str | None) -> LoadedModel:
     # PEFT injects LoRA layers into the wrapped modules: work on a copy, keep the base clean.
     # Merged: every forward pass of the loop (evaluation, data, reference NLL) runs a plain
     # dense model, like the base's, instead of paying LoRA's per-layer overhead.
-    clone = LoadedModel(
-        copy.deepcopy(base.model), base.tokenizer, base.name, base.source, base.weights_hash
-    )
+    clone = dataclasses.replace(base, model=copy.deepcopy(base.model))  # keeps .base
     return attach_adapter(clone, adapter, merge=True)
 
 

@@ -22,8 +22,7 @@ from selfimprove.evaluate import (
     EvalRecord,
     Item,
     aggregate,
-    check_unchanged_items,
-    evaluate_to_store,
+    evaluate_resumable,
 )
 from selfimprove.loop.context import LoopContext, step_progress
 from selfimprove.loop.records import ArmRound, BehaviorDiff, FlaggedRegion, TrainRound
@@ -59,27 +58,18 @@ def evaluate_phase(
     ``reference_nll=False`` skips the gold answer's NLL of generate-mode items (one more
     forward pass each), which only the weak-area ranking reads.
     """
-    store, run_id, fname = ctx.store, ctx.run_id, f"{name}.jsonl"
-    path = store.run_dir(run_id) / fname
-    have = store.read_records(run_id, fname, skip_corrupt=True) if path.is_file() else []
-    check_unchanged_items(have, ctx.items, f"run {run_id}, {fname}")
-    done = {_key(r) for r in have}
-    todo = [it for it in items if (it[0], it[2].id) not in done]
-    ctx.hook.start(len(todo), name)
-    evaluate_to_store(
+    return evaluate_resumable(
         engine,
-        todo,
-        store,
-        run_id,
-        fname,
+        items,
+        ctx.store,
+        ctx.run_id,
+        f"{name}.jsonl",
         ctx.cfg.generation,
         seed=ctx.lcfg.seed,
+        hook=ctx.hook,
         reference_nll=reference_nll,
-        progress=ctx.hook.advance,
+        planned=ctx.items,
     )
-    return [
-        EvalRecord.model_validate(r) for r in store.read_records(run_id, fname, skip_corrupt=True)
-    ]
 
 
 def _records(ctx: LoopContext, name: str) -> list[EvalRecord]:

@@ -24,7 +24,17 @@ from selfimprove.tasks.suites import anchor_passages
 from selfimprove.train import TrainConfig, TrainExample
 
 #: The fields of a row in ``data_*.jsonl`` and ``replay.jsonl``, in file order.
-DATA_FIELDS = ("id", "suite", "category", "input_hash", "prompt", "completion", "source", "round")
+DATA_FIELDS = (
+    "id",
+    "suite",
+    "category",
+    "input_hash",
+    "prompt",
+    "completion",
+    "source",
+    "round",
+    "generator",
+)
 
 Item = tuple[str, Task, Sample]
 

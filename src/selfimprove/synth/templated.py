@@ -126,7 +126,7 @@ def random_control_samples(
     tasks = [
         (s.name, t)
         for s in list_suites()
-        if not s.sentinel and (suites is None or s.name in suites)
+        if not s.sentinel and not s.curriculum and (suites is None or s.name in suites)
         for t in s.tasks
         if t.generator is not None
     ]

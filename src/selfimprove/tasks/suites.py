@@ -56,12 +56,15 @@ class Suite:
         tasks: The tasks; their names (and so sample ids) are unique within the suite.
         description: One line for listings and reports.
         sentinel: Held-out regression guard rather than a skill to improve.
+        curriculum: A curriculum stage's task pool (``instructions``): evaluated only when
+            named, never part of the ``all``/``skills``/``sentinels`` groups or the loop.
     """
 
     name: str
     tasks: list[Task]
     description: str
     sentinel: bool = False
+    curriculum: bool = False
 
     @property
     def categories(self) -> list[str]:
@@ -331,6 +334,17 @@ def _general_nll() -> Suite:
     )
 
 
+def _instructions() -> Suite:
+    from selfimprove.tasks.instructions import instruction_tasks
+
+    return Suite(
+        "instructions",
+        instruction_tasks(),
+        "explicit instructions with verifiable constraints on free content (curriculum stage 1)",
+        curriculum=True,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Suite]] = {
     "arithmetic": _arithmetic_suite,
     "counting": _counting_suite,
@@ -346,6 +360,7 @@ _BUILDERS: dict[str, Callable[[], Suite]] = {
     "refusal": lambda: _refusal_suite(harmful=True),
     "benign_control": lambda: _refusal_suite(harmful=False),
     "general_nll": _general_nll,
+    "instructions": _instructions,
 }
 
 

@@ -30,7 +30,7 @@ import json
 import math
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -833,6 +833,126 @@ def _check_number_only(text: str, _p: dict[str, Any]) -> bool:
     return _STRICT_NUM_RE.fullmatch(text.strip().rstrip(".")) is not None
 
 
+# Explicit instructions (curriculum stage 1, tasks/instructions.py): a sentence-like reply
+# must be one line of at least three words, so an empty or one-token reply never passes.
+_SENT_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]*")
+_QUOTES = ('"', "\u201c", "\u201d")
+
+
+def _one_line_sentence(text: str) -> list[str] | None:
+    """The words of a one-line reply of >= 3 words (``None``: not such a reply)."""
+    body = text.strip()
+    if not body or "\n" in body:
+        return None
+    words = _SENT_WORD_RE.findall(body)
+    return words if len(words) >= 3 else None
+
+
+#: words that are never a list item (so "I don't know" is not three words naming fruits)
+_NOT_ITEMS = frozenset(
+    [
+        "i",
+        "you",
+        "it",
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "not",
+        "no",
+        "yes",
+        "is",
+        "are",
+        "don't",
+        "dont",
+        "know",
+        "sure",
+        "sorry",
+        "ok",
+        "okay",
+    ]
+)
+
+
+def _fair_items(items: Sequence[str]) -> bool:
+    """List items: distinct (case-insensitive) and none a function word or a refusal."""
+    keys = [" ".join(x.lower().split()) for x in items]
+    return len(set(keys)) == len(keys) and not any(k in _NOT_ITEMS for k in keys)
+
+
+def _check_if_list_words(text: str, params: dict[str, Any]) -> bool:
+    words = text.strip().rstrip(".").split()
+    return (
+        len(words) == int(params["n"])
+        and all(_SENT_WORD_RE.fullmatch(w) for w in words)
+        and _fair_items(words)
+    )
+
+
+def _check_if_n_items(text: str, params: dict[str, Any]) -> bool:
+    items = text.strip().rstrip(".").split(",")
+    return _check_n_items(text, params) and _fair_items(items)
+
+
+def _check_if_bullets(text: str, params: dict[str, Any]) -> bool:
+    lines = [line.strip()[2:] for line in text.strip().splitlines() if line.strip()]
+    return _check_bullets(text, params) and _fair_items(lines)
+
+
+def _check_if_json_list(text: str, params: dict[str, Any]) -> bool:
+    try:
+        obj = json.loads(_strip_code_fence(text))
+    except ValueError:
+        return False
+    return (
+        isinstance(obj, list)
+        and len(obj) == int(params["n"])
+        and all(isinstance(x, str) and x.strip() for x in obj)
+        and _fair_items(obj)
+    )
+
+
+def _check_if_case(upper: bool) -> FormatCheck:
+    def check(text: str, _p: dict[str, Any]) -> bool:
+        words = _one_line_sentence(text)
+        body = text.strip()
+        return words is not None and body == (body.upper() if upper else body.lower())
+
+    return check
+
+
+def _check_if_start_word(text: str, params: dict[str, Any]) -> bool:
+    words = _one_line_sentence(text.strip().lstrip("\"\u201c'"))
+    return words is not None and words[0].lower() == str(params["word"]).lower()
+
+
+def _check_if_end_word(text: str, params: dict[str, Any]) -> bool:
+    words = _one_line_sentence(text)
+    return words is not None and words[-1].lower() == str(params["word"]).lower()
+
+
+def _check_if_include_word(text: str, params: dict[str, Any]) -> bool:
+    words = _one_line_sentence(text)
+    return words is not None and str(params["word"]).lower() in {w.lower() for w in words}
+
+
+def _check_if_quoted(text: str, _p: dict[str, Any]) -> bool:
+    body = text.strip()
+    if len(body) < 2 or body[0] not in _QUOTES or body[-1] not in _QUOTES:
+        return False
+    inner = body[1:-1]
+    return not any(q in inner for q in _QUOTES) and _one_line_sentence(inner) is not None
+
+
+def _check_if_n_sentences(text: str, params: dict[str, Any]) -> bool:
+    body = " ".join(text.split())
+    if not body or body[-1] not in ".!?":
+        return False
+    parts = [p for p in re.split(r"(?<=[.!?])\s+", body) if p]
+    return len(parts) == int(params["n"]) and all(len(_SENT_WORD_RE.findall(p)) >= 3 for p in parts)
+
+
 #: Format kinds understood by ``format_instruction_validator`` (``metadata["format"]``).
 FORMAT_CHECKS: dict[str, FormatCheck] = {
     "uppercase_word": _check_uppercase_word,
@@ -842,6 +962,17 @@ FORMAT_CHECKS: dict[str, FormatCheck] = {
     "n_words": _check_n_words,
     "bullets": _check_bullets,
     "number_only": _check_number_only,
+    "if_n_words": _check_if_list_words,
+    "if_n_items": _check_if_n_items,
+    "if_bullets": _check_if_bullets,
+    "if_json_list": _check_if_json_list,
+    "if_uppercase": _check_if_case(upper=True),
+    "if_lowercase": _check_if_case(upper=False),
+    "if_start_word": _check_if_start_word,
+    "if_end_word": _check_if_end_word,
+    "if_include_word": _check_if_include_word,
+    "if_quoted": _check_if_quoted,
+    "if_n_sentences": _check_if_n_sentences,
 }
 
 

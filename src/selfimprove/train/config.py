@@ -44,6 +44,12 @@ class TrainExample(BaseModel):
     rejected: str | None = Field(
         None, description="A worse reply to the same prompt (self-critique: the original)."
     )
+    generator: str = Field(
+        "",
+        description="Weights hash of the model that wrote the completion ('' = written by "
+        "code: a generator's reference or a verified template). The curriculum's provenance "
+        "guard (selfimprove.contamination.check_provenance) reads it.",
+    )
 
 
 class TrainConfig(BaseModel):
