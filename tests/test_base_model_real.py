@@ -114,7 +114,7 @@ def test_training_rows_on_gemma_pass_the_guard_and_a_planted_turn_is_refused(gem
 
 def test_curriculum_stage_one_on_gemma_writes_verified_base_data_and_judges_it(tmp_path):
     """Stage 1 end to end on the real base model (small: 2 kinds): the base prompted with
-    URIAL writes replies, the validators keep some, every kept row carries the base's weights
+    URIAL-IF writes replies, the validators keep some, every kept row carries the base's weights
     hash (provenance) and passes the trainer's template scan, LoRA trains, and the stage is
     judged against the base (cue) and the in-context baseline (URIAL) on held-out topics."""
     from selfimprove.config import load_config
@@ -126,7 +126,7 @@ def test_curriculum_stage_one_on_gemma_writes_verified_base_data_and_judges_it(t
         "store": {"root": str(tmp_path / "s")},
         "curriculum": {
             "stages": [1],
-            "kinds": ["n_words", "uppercase"],
+            "kinds": ["n_items", "include_word"],  # ~40% of URIAL-IF samples pass (probe)
             "pool_n": 4,
             "samples": 2,
             "eval_n": 4,
@@ -139,7 +139,7 @@ def test_curriculum_stage_one_on_gemma_writes_verified_base_data_and_judges_it(t
     res = run_curriculum(load_config(None, over))
     (s1,) = res["stages"]
     base_hash = load_model("gemma-base").weights_hash
-    assert s1["writer_hash"] == base_hash and s1["writer"] == "s0 (urial)"
+    assert s1["writer_hash"] == base_hash and s1["writer"] == "s0 (urial_if)"
     f = s1["funnel"]
     assert f["sampled"] == 16 and f["kept"] >= 1, f  # URIAL replies end and often fit
     run_dir = tmp_path / "s" / "runs" / res["run_id"]
@@ -148,5 +148,5 @@ def test_curriculum_stage_one_on_gemma_writes_verified_base_data_and_judges_it(t
     assert all("<start_of_turn>" not in r["completion"] for r in rows)
     assert s1["train"] is not None and s1["train"]["n_examples"] == len(rows)
     assert [m["n"] for m in s1["scores"]] == [8, 8, 8]
-    assert s1["scores"][0]["name"].startswith("base + urial")
+    assert s1["scores"][0]["name"].startswith("base + urial_if")
     assert s1["accepted"] is not None and len(s1["reasons"]) >= 3

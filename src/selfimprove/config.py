@@ -51,11 +51,12 @@ class ModelConfig(_Section):
     system_prompt: str | None = Field(
         None, description="System message for chat prompts (default: the template's own)."
     )
-    prompt_format: Literal["auto", "chat", "plain", "cue", "urial"] = Field(
+    prompt_format: Literal["auto", "chat", "plain", "cue", "urial", "urial_if"] = Field(
         "auto",
         description="How prompts are written: auto (chat template when the tokenizer has "
         "one, else plain), chat, or a base-model format: plain, cue ('Instruction: ... "
-        "Response:'), urial (3-shot in-context alignment). Base models refuse chat.",
+        "Response:'), urial (3-shot in-context alignment), urial_if (URIAL with explicit-"
+        "instruction demonstrations). Base models refuse chat.",
     )
 
 

@@ -189,14 +189,17 @@ def evaluate_items(
     for i, (_suite, task, _s) in enumerate(items):
         by_mode[task.mode].append(i)
 
-    gen_idx = by_mode.get("generate", [])
-    if gen_idx:
+    # one generate call per set of task stop strings (one call when no task has its own)
+    groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for i in by_mode.get("generate", []):
+        groups[tuple(items[i][1].stop)].append(i)
+    for task_stops, gen_idx in groups.items():
         gens = engine.generate(
             [items[i][2].messages() for i in gen_idx],
             max_new_tokens=[
                 min(max_new_tokens, items[i][1].max_new_tokens or max_new_tokens) for i in gen_idx
             ],
-            stop=[ANSWER_LINE_STOP] if stop_after_answer_line else [],
+            stop=[*([ANSWER_LINE_STOP] if stop_after_answer_line else []), *task_stops],
             temperature=temperature,
             top_p=top_p,
             seed=seed,

@@ -9,6 +9,9 @@ What it does:
     three fixed demonstrations in ``# Query:`` / ``# Answer:`` blocks, then the query. The
     demonstrations are generic (a capital city, a plural, a short poem) and touch none of
     the built-in suites' categories, so the baseline teaches the format, not the skills.
+  * ``urial_if``: URIAL with demonstrations of explicit instructions (two answer-line ones
+    and three constraints on free content: two words, a lower-case sentence, a comma list),
+    the curriculum's writer and in-context baseline (a base model's best prompt for them).
 
   Base formats come with stop strings (the start of the next demonstration block), so a base
   model that writes a second query is cut where a reply should end.
@@ -23,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-PromptFormat = Literal["auto", "chat", "plain", "cue", "urial"]
-PROMPT_FORMATS: tuple[str, ...] = ("auto", "chat", "plain", "cue", "urial")
+PromptFormat = Literal["auto", "chat", "plain", "cue", "urial", "urial_if"]
+PROMPT_FORMATS: tuple[str, ...] = ("auto", "chat", "plain", "cue", "urial", "urial_if")
 #: formats that need no chat template (the in-context baselines of a base model)
-BASE_FORMATS: tuple[str, ...] = ("plain", "cue", "urial")
+BASE_FORMATS: tuple[str, ...] = ("plain", "cue", "urial", "urial_if")
 
 URIAL_PREAMBLE = (
     "# Instructions\n\n"
@@ -51,9 +54,29 @@ URIAL_DEMOS: tuple[tuple[str, str], ...] = (
     ),
 )
 
+#: ``urial_if``: the two answer-line demonstrations and three that follow a constraint on
+#: free content (topics outside every suite's), so a base model sees that a reply obeys the
+#: form the query asks for and stops (the generic poem demonstration taught it line breaks)
+URIAL_IF_DEMOS: tuple[tuple[str, str], ...] = (
+    *URIAL_DEMOS[:2],
+    (
+        "Name exactly two seasons, one word each, separated by spaces, and nothing else.",
+        "summer winter",
+    ),
+    (
+        "Write one sentence about a lamp using only lowercase letters.",
+        "a lamp lights up the dark room.",
+    ),
+    (
+        "List exactly three board games as comma-separated items and nothing else.",
+        "chess, checkers, go",
+    ),
+)
+
 _STOPS: dict[str, tuple[str, ...]] = {
     "cue": ("\nInstruction:", "\n\n\n"),
     "urial": ("\n# Query", "\n\n\n"),
+    "urial_if": ("\n# Query", "\n\n\n"),
 }
 
 
@@ -76,6 +99,8 @@ def render(fmt: str, messages: Sequence[dict[str, str]]) -> str:
         return f"Instruction: {text}\nResponse:"
     if fmt == "urial":
         return f"{urial_prefix()}# Query:\n{text}\n\n# Answer:\n"
+    if fmt == "urial_if":
+        return f"{urial_prefix(URIAL_IF_DEMOS)}# Query:\n{text}\n\n# Answer:\n"
     raise ValueError(f"unknown base prompt format {fmt!r}; choose one of {BASE_FORMATS}")
 
 

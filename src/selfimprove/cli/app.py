@@ -98,7 +98,8 @@ PromptFormatOpt = Annotated[
         "--prompt-format",
         help="How prompts are written: auto (chat template if the tokenizer has one, else "
         "plain), chat, or a base-model format: plain, cue ('Instruction: ... Response:'), "
-        "urial (3-shot in-context alignment, the baseline a base model is measured against).",
+        "urial (3-shot in-context alignment, the baseline a base model is measured against), "
+        "urial_if (URIAL with explicit-instruction demonstrations: the curriculum's baseline).",
     ),
 ]
 ThreadsOpt = Annotated[

@@ -66,8 +66,8 @@ class CurriculumConfig(BaseModel):
         "topics no training item uses, tasks.instructions.topic_split).",
     )
     max_new_tokens: int = Field(64, ge=8, le=1024, description="Reply cap (data and eval).")
-    writer_format: Literal["plain", "cue", "urial"] = Field(
-        "urial",
+    writer_format: Literal["plain", "cue", "urial", "urial_if"] = Field(
+        "urial_if",
         description="How the *base* model is prompted when it writes stage 1's data: its best "
         "in-context baseline (trained stages write in stage_format).",
     )
@@ -76,8 +76,8 @@ class CurriculumConfig(BaseModel):
         description="The zero-shot format every trained stage is trained and judged in "
         "('Instruction: ... Response:'; no demonstrations, no chat template).",
     )
-    baseline_format: Literal["plain", "cue", "urial"] = Field(
-        "urial",
+    baseline_format: Literal["plain", "cue", "urial", "urial_if"] = Field(
+        "urial_if",
         description="The in-context baseline every stage must beat: the base model prompted "
         "this way on the same held-out items.",
     )

@@ -125,6 +125,9 @@ class Task:
     #: Generation length cap for this task's items (``None``: the run's ``max_new_tokens``;
     #: the smaller of the two wins). For tasks judged on the reply's opening.
     max_new_tokens: int | None = None
+    #: Extra stop strings for this task's replies (cut *before* them): a free-form
+    #: instruction's reply ends where a base model starts an ``Answer:`` line or a new block.
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.generator is None) == (self.dataset is None):

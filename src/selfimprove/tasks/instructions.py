@@ -10,7 +10,8 @@ the reply's *form* is fixed by the instruction and checked by code, its content 
   or uses a given word; ``quoted`` — one sentence in double quotation marks; ``n_sentences`` —
   exactly n sentences about a subject.
 
-Every sentence-like constraint also asks for at least three words on one line, so an empty
+Replies end at a blank line, an ``Answer:`` line or a ``# `` block (:data:`REPLY_STOPS`,
+the same for every model). Every sentence-like constraint also asks for at least three words on one line, so an empty
 or one-token reply does not pass (the source project's lesson: a scorer that a trivial
 reply satisfies measures nothing). Each sample's ``metadata["topic"]`` names its content
 (the topic or subject): :func:`topic_split` partitions topics so held-out evaluation items
@@ -22,6 +23,7 @@ checks live in :data:`selfimprove.tasks.validators.FORMAT_CHECKS` (keys ``if_<ki
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from random import Random
@@ -120,6 +122,10 @@ SUBJECTS: dict[str, str] = {
 START_WORDS = ("Today", "Every", "Many", "Some", "Yesterday", "Often", "My", "Our", "This")
 INCLUDE_WORDS = ("blue", "quiet", "old", "small", "bright", "happy", "slow", "green", "soft")
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+#: where a reply to a free-form instruction ends, for every model alike (lm-eval's usual
+#: few-shot stop "\n\n"; a base model's habit of adding an ``Answer:`` line or a new
+#: ``# Question`` block after its reply)
+REPLY_STOPS: tuple[str, ...] = ("\n\n", "\nAnswer:", "\n# ")
 
 
 def _stable_bit(text: str, salt: str) -> int:
@@ -235,7 +241,7 @@ def instruction_following(
     def build(rng: Random) -> tuple[str, str, dict[str, Any]]:
         return _build(kind, rng, lists, subjects)
 
-    return _make_task(
+    task = _make_task(
         name=name or cat,
         category=cat,
         family="instructions",
@@ -246,6 +252,7 @@ def instruction_following(
         description=f"explicit instruction: {kind}",
         answer_instruction=False,
     )
+    return dataclasses.replace(task, stop=REPLY_STOPS)
 
 
 def instruction_tasks(topics: Sequence[str] | None = None, prefix: str = "") -> list[Task]:
