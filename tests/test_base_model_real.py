@@ -133,6 +133,8 @@ def test_curriculum_stage_one_on_gemma_writes_verified_base_data_and_judges_it(t
             "max_new_tokens": 32,
             "sentinel_suites": ["general_nll"],
             "sentinel_n": 4,
+            "anchor_text": 4,
+            "replay": 2,
             "train": {"epochs": 1, "batch_size": 4, "max_length": 160},
         },
     }
@@ -146,7 +148,8 @@ def test_curriculum_stage_one_on_gemma_writes_verified_base_data_and_judges_it(t
     rows = [json.loads(x) for x in (run_dir / "data_s1.jsonl").read_text().splitlines()]
     assert rows and all(r["generator"] == base_hash for r in rows)
     assert all("<start_of_turn>" not in r["completion"] for r in rows)
-    assert s1["train"] is not None and s1["train"]["n_examples"] == len(rows)
+    assert s1["train"] is not None and s1["train"]["n_anchor"] >= 4  # text anchors + replay
+    assert s1["train"]["n_examples"] >= len(rows) + 4
     assert [m["n"] for m in s1["scores"]] == [8, 8, 8]
     assert s1["scores"][0]["name"].startswith("base + urial_if")
     assert s1["accepted"] is not None and len(s1["reasons"]) >= 3

@@ -37,6 +37,8 @@ CUR = {
     "writer_format": "cue",
     "sentinel_suites": ["general_nll"],
     "sentinel_n": 4,
+    "anchor_text": 2,
+    "replay": 2,
     "train": {"epochs": 1, "batch_size": 4, "max_length": 128},
 }
 

@@ -54,6 +54,7 @@ from selfimprove.models import LoadedModel, load_model
 from selfimprove.runtime import Runtime, resolve_runtime
 from selfimprove.stats import PairedBinaryTest, mcnemar_exact, wilson_ci
 from selfimprove.store import RunStore, collect_provenance, remove_orphans
+from selfimprove.synth import assemble, random_control_samples
 from selfimprove.synth.assemble import from_records, to_record
 from selfimprove.synth.self_generated import near_duplicate_key
 from selfimprove.tasks.never_train import NeverTrainRegistry
@@ -219,12 +220,36 @@ def _data(ctx: CurriculumContext, st: StageTasks, res: StageResult) -> None:
     f.kept, f.items_with_a_row = len(rows), sum(1 for v in seen.values() if v)
     check_provenance(rows, ctx.state.writers, where=f"stage {k} data")
     ctx.store.write_records(ctx.run_id, f"data_s{k}.jsonl", map(to_record, rows))
+    replay = _replay(ctx, k)
+    ctx.store.write_records(ctx.run_id, f"replay_s{k}.jsonl", map(to_record, replay))
     res.seconds["data"] = round(time.time() - t, 1)
     ctx.hook.phase(
         f"Stage {k} data: {f.sampled} sampled, {f.ended} ended, {f.verified} verified, "
         f"{f.kept} kept ({f.items_with_a_row} of {f.pool_items} pool items)"
     )
     ctx.phases.mark(f"s{k}/data")
+
+
+def _replay(ctx: CurriculumContext, k: int) -> list[TrainExample]:
+    """The current model's own verified answers (``stage_format``) on ``3 * replay`` fresh
+    items of ``replay_suites``: up to ``replay`` rows, trained as KL anchors."""
+    c, chain = ctx.ccfg, ctx.state.chain
+    if not c.replay:
+        return []
+    items, _f = random_control_samples(
+        3 * c.replay,
+        seed_key=f"curriculum-replay:{c.seed}:{k}",
+        registry=ctx.registry,
+        suites=c.replay_suites,
+    )
+    eng = ctx.engine(chain, c.stage_format)
+    ctx.hook.phase(f"Stage {k} replay: {_tag(chain)} answers {len(items)} fresh skill items")
+    recs = ctx.evaluate(f"replay_eval_s{k}.jsonl", eng, items)
+    gen = eng.loaded.weights_hash
+    return [
+        r.model_copy(update={"generator": gen, "round": k})
+        for r in assemble.replay_rows(recs, items, c.replay)
+    ]
 
 
 def _train(ctx: CurriculumContext, st: StageTasks, res: StageResult) -> None:
@@ -240,11 +265,17 @@ def _train(ctx: CurriculumContext, st: StageTasks, res: StageResult) -> None:
         ctx.hook.phase(f"Stage {k}: no verified rows, nothing to train (the stage is rejected)")
         ctx.phases.mark(f"s{k}/train")
         return
-    ctx.hook.phase(f"Stage {k}: training LoRA on {len(rows)} rows ({c.stage_format} prompts)")
+    replay = from_records(ctx.store.read_records(ctx.run_id, f"replay_s{k}.jsonl"))
+    check_provenance(replay, ctx.state.writers, where=f"run {ctx.run_id}, replay_s{k}.jsonl")
+    examples = assemble.round_examples(rows, replay, c.anchor_text, replay_as_anchor=True)
+    ctx.hook.phase(
+        f"Stage {k}: training LoRA on {len(rows)} rows + {len(replay)} replay and "
+        f"{c.anchor_text} text anchors (KL to the current model; {c.stage_format} prompts)"
+    )
     out = ctx.run_dir / "adapters" / f"s{k}"
     tr = train_lora(
         ctx.model(ctx.state.chain),
-        rows,
+        examples,
         c.train.model_copy(update={"seed": c.seed + k}),
         out,
         runtime=ctx.runtime,
@@ -254,6 +285,7 @@ def _train(ctx: CurriculumContext, st: StageTasks, res: StageResult) -> None:
     )
     res.train = {
         "n_examples": tr.n_examples,
+        "n_anchor": tr.n_anchor,
         "n_tokens": tr.n_tokens,
         "final_loss": tr.final_loss,
         "losses": tr.losses,
