@@ -195,6 +195,8 @@ def _data(ctx: CurriculumContext, st: StageTasks, res: StageResult) -> None:
             continue
         f.verified += 1
         item_id = r.sample_id.rsplit("~", 1)[0]
+        if item_id not in by_id:  # drawn before a resume, since registered as evaluation
+            continue
         reply = r.output.strip()
         keys = seen.setdefault(item_id, set())
         if near_duplicate_key(reply) in keys:
